@@ -1,0 +1,7 @@
+"""Pure-torch models: importable and testable without Lightning."""
+
+from lit_lm.models.config import TransformerConfig
+from lit_lm.models.encoder import Encoder, EncoderForMaskedLM
+from lit_lm.models.output import LMOutput
+
+__all__ = ["TransformerConfig", "Encoder", "EncoderForMaskedLM", "LMOutput"]

@@ -1,0 +1,6 @@
+"""LightningModules: pretraining objectives wrapped around the pure-torch models."""
+
+from lit_lm.modules.masked_lm import MaskedLMModule
+from lit_lm.modules.optim import OptimizerConfig
+
+__all__ = ["MaskedLMModule", "OptimizerConfig"]

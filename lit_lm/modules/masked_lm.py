@@ -1,0 +1,122 @@
+"""Masked-language-model pretraining as a LightningModule."""
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_lm.models import EncoderForMaskedLM, TransformerConfig
+from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens
+from lit_lm.modules.optim import OptimizerConfig
+
+
+class MaskedLMModule(L.LightningModule):
+    """Pretrains an encoder by predicting masked tokens (BERT, Devlin et al. 2018).
+
+    Args:
+        config: The encoder's shape and switches.
+        optimizer: AdamW settings.
+        mask_rate: Fraction of non-special tokens chosen for prediction (BERT 0.15, cramming 0.25).
+        mask_token_fraction: Of the chosen tokens, the fraction replaced by [MASK] (BERT 0.8).
+        random_token_fraction: Of the chosen tokens, the fraction replaced by a random token (BERT 0.1); the rest
+            stay as they are.
+        special_token_ids: Token ids never masked nor used as random replacements. Set from the tokenizer by the CLI.
+        mask_token_id: Id of [MASK]. Set from the tokenizer by the CLI.
+        seq_length: Tokens per training sequence. Set from the data by the CLI; checked against the position table.
+        val_mask_seed: Seed of the fixed validation masks, so val/loss is comparable across evaluations and runs.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig = TransformerConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        mask_rate: float = 0.15,
+        mask_token_fraction: float = 0.8,
+        random_token_fraction: float = 0.1,
+        special_token_ids: list[int] | None = None,
+        mask_token_id: int = 4,
+        seq_length: int = 128,
+        val_mask_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if isinstance(config, dict):  # as stored in checkpoints written through the CLI
+            config = TransformerConfig(**config)
+        if isinstance(optimizer, dict):
+            optimizer = OptimizerConfig(**optimizer)
+        if not 0.0 < mask_rate < 1.0:
+            raise ValueError(f"model.mask_rate must be in (0, 1), got {mask_rate}.")
+        if mask_token_fraction < 0 or random_token_fraction < 0 or mask_token_fraction + random_token_fraction > 1:
+            raise ValueError("model.mask_token_fraction and model.random_token_fraction must be >= 0 and sum to <= 1.")
+        if seq_length > config.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
+                f"({config.max_position_embeddings}); lower the first or raise the second."
+            )
+        special = sorted(set(special_token_ids or [config.pad_token_id, mask_token_id]))
+        if not all(0 <= i < config.vocab_size for i in [*special, mask_token_id]):
+            raise ValueError(
+                f"special token ids {special} / mask id {mask_token_id} fall outside the vocabulary of "
+                f"{config.vocab_size}; the tokenizer and model.config.vocab_size disagree."
+            )
+        self.save_hyperparameters()
+        self.config = config
+        self.optimizer_config = optimizer
+        self.model = EncoderForMaskedLM(config)
+        self.register_buffer("special_ids", torch.tensor(special), persistent=False)
+        allowed = torch.ones(config.vocab_size, dtype=torch.bool)
+        allowed[self.special_ids] = False
+        self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes=config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids, attention_mask=attention_mask, labels=labels)
+
+    def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
+        return mask_tokens(
+            input_ids, mask_rate=self.hparams.mask_rate, mask_token_id=self.hparams.mask_token_id,
+            special_token_ids=self.special_ids, replacement_ids=self.replacement_ids,
+            mask_token_fraction=self.hparams.mask_token_fraction,
+            random_token_fraction=self.hparams.random_token_fraction, generator=generator,
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        inputs, labels = self._mask(batch["input_ids"])
+        out = self(inputs, batch.get("attention_mask"), labels)
+        self.log("train/loss", out.loss, prog_bar=True)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        generator = torch.Generator(device=batch["input_ids"].device)
+        generator.manual_seed(self.hparams.val_mask_seed + batch_idx)
+        inputs, labels = self._mask(batch["input_ids"], generator)
+        out = self(inputs, batch.get("attention_mask"), labels)
+        n_targets = (out.labels != IGNORE_INDEX).sum()
+        if n_targets == 0:
+            return
+        self.val_loss.update(out.loss, weight=n_targets)
+        self.val_acc.update(out.logits.argmax(-1), out.labels)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/mlm_acc", self.val_acc)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_config.build(self.model)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one."""
+        own = self.state_dict()
+        for name, tensor in checkpoint.get("state_dict", {}).items():
+            if name in own and own[name].shape != tensor.shape:
+                saved = checkpoint.get("hyper_parameters", {}).get("config")
+                saved_vocab = saved.get("vocab_size") if isinstance(saved, dict) else getattr(saved, "vocab_size", None)
+                hint = ""
+                if saved_vocab is not None and saved_vocab != self.config.vocab_size:
+                    hint = (f" The checkpoint has a vocabulary of {saved_vocab} tokens but the tokenizer now has "
+                            f"{self.config.vocab_size}: resume with the data and tokenizer settings it was trained with.")
+                raise ValueError(
+                    f"checkpoint does not fit this model: {name} is {tuple(tensor.shape)} in the checkpoint but "
+                    f"{tuple(own[name].shape)} here.{hint}"
+                )

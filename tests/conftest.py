@@ -1,0 +1,49 @@
+"""Shared fixtures: generated corpora, the optional ../shared/data folder, an isolated cache."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+NOUNS = "cat dog bird fish horse model token layer network teacher student river city garden".split()
+VERBS = "sees likes follows trains predicts reads builds finds carries watches".split()
+ADJECTIVES = "small large quick lazy bright dark careful hidden masked early".split()
+
+
+def sentence(rng: random.Random) -> str:
+    return (f"the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {rng.choice(VERBS)} "
+            f"the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}.")
+
+
+def write_corpus(folder: Path, n_files: int = 6, paragraphs: int = 20, seed: int = 0) -> Path:
+    """A generated corpus of simple English-like sentences: learnable in a few dozen steps."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_files):
+        text = "\n\n".join(" ".join(sentence(rng) for _ in range(rng.randint(3, 8))) for _ in range(paragraphs))
+        (folder / f"doc{i}.txt").write_text(text + "\n")
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test session caches prepared data in its own folder, never in ~/.cache."""
+    monkeypatch.setenv("LIT_LM_CACHE", str(tmp_path_factory.getbasetemp() / "lit-lm-cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def shared_data(relative: str) -> Path:
+    """A path under ../shared/data, or skip the test when that folder is absent (a fresh clone has none)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent: ../shared/data is only present beside the project on developer machines and CI")
+    return path

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from lit_lm.models import TransformerConfig
+from lit_lm.modules import MaskedLMModule, OptimizerConfig
+
+
+def module(vocab=60, **kw) -> MaskedLMModule:
+    config = TransformerConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                               max_position_embeddings=32, dropout=0.0, attention_dropout=0.0,
+                               norm_placement="pre", final_norm=True, sparse_prediction=True)
+    return MaskedLMModule(config, OptimizerConfig(lr=3e-3), special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4,
+                          seq_length=32, **kw)
+
+
+def test_a_few_steps_fit_a_fixed_batch():
+    torch.manual_seed(0)
+    lm = module(mask_rate=0.3)
+    batch = {"input_ids": torch.randint(5, 60, (8, 32))}
+    batch["input_ids"][:, 0] = 2
+    opt = lm.configure_optimizers()
+    losses = []
+    for _ in range(40):
+        inputs, labels = lm._mask(batch["input_ids"], torch.Generator().manual_seed(0))  # one fixed mask
+        loss = lm(inputs, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_replacement_ids_exclude_special_tokens():
+    lm = module()
+    assert not torch.isin(lm.replacement_ids, torch.tensor([0, 1, 2, 3, 4])).any()
+    assert len(lm.replacement_ids) == 55
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(mask_rate=0.0), "mask_rate"),
+    (dict(mask_token_fraction=0.95, random_token_fraction=0.1), "sum to"),
+])
+def test_bad_masking_settings_are_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        module(**kw)
+
+
+def test_seq_length_beyond_the_position_table_is_a_clear_error():
+    config = TransformerConfig(vocab_size=60, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                               max_position_embeddings=16)
+    with pytest.raises(ValueError, match="data.seq_length"):
+        MaskedLMModule(config, seq_length=32, special_token_ids=[0], mask_token_id=4)
+
+
+def test_checkpoint_from_another_vocabulary_is_a_clear_error():
+    saved = module(vocab=60)
+    checkpoint = {"state_dict": saved.state_dict(), "hyper_parameters": dict(saved.hparams)}
+    with pytest.raises(ValueError, match="vocabulary of 60 tokens but the tokenizer now has 80"):
+        module(vocab=80).on_load_checkpoint(checkpoint)
