@@ -1,0 +1,226 @@
+"""Deduplication: exact (documents and paragraphs, by hash of the normalised text) and near (MinHash + LSH).
+
+Repeated data hurts a small-budget model out of proportion to its share (Hernandez et al. 2022; Lee et al. 2022),
+so every document is checked against everything before it, in corpus order, and the first copy is kept.
+Memory: the indexes hold 8-16 bytes per document and per paragraph (numpy arrays, no Python objects); MinHash
+signatures of documents that may be near-duplicate candidates go to a file on disk, not to RAM.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lit_lm.data.minhash import band_keys, jaccard_estimate, lsh_bands, signatures
+from lit_lm.data.text import split_paragraphs
+
+
+@dataclass
+class DedupConfig:
+    """Which duplicates are removed before tokenization."""
+
+    exact: bool = True
+    """Drop documents whose normalised text (case and whitespace folded) was seen before."""
+    paragraphs: bool = True
+    """Drop, inside documents, paragraphs seen before (e.g. licence boilerplate repeated in every file)."""
+    paragraph_min_chars: int = 100
+    """Paragraphs shorter than this are never dropped (headings, short lines that legitimately repeat)."""
+    near: bool = True
+    """Drop near-duplicate documents: MinHash over word n-grams, LSH candidates, kept only if the estimated Jaccard
+    similarity to an earlier document reaches `threshold`."""
+    threshold: float = 0.8
+    """Jaccard similarity at or above which two documents are near duplicates."""
+    num_perm: int = 128
+    """MinHash permutations per signature (more: a better estimate, slower)."""
+    ngram: int = 5
+    """Words per shingle."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"data.dedup.threshold must be in (0, 1], got {self.threshold}.")
+        if self.num_perm < 8 or self.ngram < 1 or self.paragraph_min_chars < 0:
+            raise ValueError("data.dedup.num_perm must be >= 8, data.dedup.ngram >= 1, paragraph_min_chars >= 0.")
+
+
+def text_hash(text: str) -> int:
+    """A 64-bit hash of the text with case and whitespace folded, as a signed int64 value."""
+    folded = " ".join(text.lower().split()).encode("utf-8", errors="replace")
+    return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "little", signed=True)
+
+
+class KeyIndex:
+    """A growing map from 64-bit keys to the first value stored under each, as sorted numpy runs.
+
+    New keys arrive in batches and become a sorted run; runs of similar size are merged (a log-structured merge),
+    so a lookup costs a binary search per run and memory is 16 bytes per key.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self.runs)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The value stored for each key, or -1."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        for run_keys, run_values in self.runs:
+            pos = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
+            hit = (run_keys[pos] == keys) & (found < 0)
+            found[hit] = run_values[pos[hit]]
+        return found
+
+    def add_new(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Store keys not seen before (the first of repeats within the batch wins); return which entries were new."""
+        keys = np.asarray(keys, dtype=np.int64)
+        new = np.zeros(len(keys), dtype=bool)
+        if len(keys) == 0:
+            return new
+        unique, first = np.unique(keys, return_index=True)
+        fresh = self.lookup(unique) < 0
+        new[first[fresh]] = True
+        self._push(unique[fresh], np.asarray(values, dtype=np.int64)[first[fresh]])
+        return new
+
+    def _push(self, keys: np.ndarray, values: np.ndarray) -> None:
+        self.runs.append((keys, values))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (k1, v1), (k2, v2) = self.runs.pop(), self.runs.pop()
+            k, v = np.concatenate([k2, k1]), np.concatenate([v2, v1])
+            order = np.argsort(k, kind="stable")
+            self.runs.append((k[order], v[order]))
+
+
+class SignatureFile:
+    """MinHash signatures by document number, appended to a file and read back by row."""
+
+    def __init__(self, path: Path, num_perm: int) -> None:
+        self.path, self.num_perm, self.rows = path, num_perm, 0
+        self.file = open(path, "wb")
+
+    def append(self, sig: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
+        self.file.flush()
+        self.rows += len(sig)
+
+    def rows_at(self, ids: np.ndarray) -> np.ndarray:
+        table = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.rows, self.num_perm))
+        return np.asarray(table[ids])
+
+    def close(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class HashedDocuments:
+    """A chunk of documents with what deduplication needs, computed in a worker process."""
+
+    texts: list[str]
+    hashes: np.ndarray
+    """int64 hash of each document's folded text."""
+    signatures: np.ndarray | None
+    """[documents, num_perm] MinHash signatures, or None without near deduplication."""
+    paragraph_doc: np.ndarray
+    """For each long paragraph of a multi-paragraph document: the document's index ..."""
+    paragraph_index: np.ndarray
+    """... the paragraph's index inside it (in `split_paragraphs` order) ..."""
+    paragraph_hashes: np.ndarray
+    """... and the hash of its folded text."""
+
+
+def hash_documents(texts: list[str], config: DedupConfig) -> HashedDocuments:
+    """Everything the deduplicator decides on, for a chunk of documents (runs in the worker processes)."""
+    hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.int64, count=len(texts))
+    sig = signatures(texts, config.num_perm, config.ngram) if config.near and texts else None
+    where, hashed = [], []
+    if config.paragraphs:
+        for d, text in enumerate(texts):
+            if "\n\n" in text:
+                for p, paragraph in enumerate(split_paragraphs(text)):
+                    if len(paragraph) >= config.paragraph_min_chars:
+                        where.append((d, p))
+                        hashed.append(text_hash(paragraph))
+    where_array = np.asarray(where, dtype=np.int64).reshape(-1, 2)
+    return HashedDocuments(texts, hashes, sig, where_array[:, 0], where_array[:, 1], np.asarray(hashed, dtype=np.int64))
+
+
+@dataclass
+class DedupStats:
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    duplicate_paragraphs: int = 0
+    duplicate_bytes: int = 0
+
+
+class Deduplicator:
+    """Decides, chunk after chunk in corpus order, which documents (and paragraphs) are first seen."""
+
+    def __init__(self, config: DedupConfig, workdir: Path) -> None:
+        self.config = config
+        self.stats = DedupStats()
+        self.documents = KeyIndex()
+        self.paragraphs = KeyIndex()
+        self.buckets = KeyIndex()
+        self.bands, self.rows = lsh_bands(config.threshold, config.num_perm)
+        self.signatures = SignatureFile(workdir / "minhash.sig", config.num_perm) if config.near else None
+
+    def near_duplicates(self, sig: np.ndarray) -> np.ndarray:
+        """For a chunk's signatures: which documents are near duplicates of an earlier one (this chunk included)."""
+        n, base = len(sig), self.signatures.rows
+        ids = base + np.arange(n, dtype=np.int64)
+        self.signatures.append(sig)
+        has_words = sig[:, 0] != np.iinfo(np.uint32).max
+        keys = band_keys(sig, self.bands, self.rows).view(np.int64)  # [n, bands]
+        flat = keys.reshape(-1)
+        earlier = self.buckets.lookup(flat).reshape(n, self.bands)
+        # within the chunk: the first document holding each key is the candidate of the later ones
+        _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+        in_chunk = ids[first[inverse.reshape(-1)] // self.bands].reshape(n, self.bands)
+        candidate = np.where(earlier >= 0, earlier, in_chunk)
+        candidate = np.where((candidate < ids[:, None]) & has_words[:, None], candidate, -1)
+        duplicate = np.zeros(n, dtype=bool)
+        pairs = np.flatnonzero((candidate >= 0).any(axis=1))
+        if len(pairs):
+            cand = candidate[pairs]  # [m, bands]
+            unique, where = np.unique(cand[cand >= 0], return_inverse=True)
+            cand_sig = self.signatures.rows_at(unique)
+            sim = np.zeros(cand.shape)
+            sim[cand >= 0] = jaccard_estimate(sig[pairs].repeat((cand >= 0).sum(1), axis=0), cand_sig[where])
+            duplicate[pairs] = sim.max(axis=1) >= self.config.threshold
+        self.buckets.add_new(flat[np.repeat(has_words, self.bands)], np.repeat(ids, self.bands)[np.repeat(has_words, self.bands)])
+        return duplicate
+
+    def filter(self, chunk: "HashedDocuments") -> list[tuple[int, str]]:
+        """The chunk's documents that survive, in order: (index in the chunk, text without repeated paragraphs)."""
+        cfg = self.config
+        keep = np.ones(len(chunk.texts), dtype=bool)
+        if cfg.exact and len(keep):
+            keep = self.documents.add_new(chunk.hashes, np.arange(len(keep)))
+            self.stats.exact_duplicates += int((~keep).sum())
+        if cfg.near and keep.any():
+            kept = np.flatnonzero(keep)
+            near = self.near_duplicates(chunk.signatures[kept])
+            keep[kept[near]] = False
+            self.stats.near_duplicates += int(near.sum())
+        self.stats.duplicate_bytes += sum(len(chunk.texts[i]) for i in np.flatnonzero(~keep))
+        texts = list(chunk.texts)
+        if cfg.paragraphs and len(chunk.paragraph_hashes):
+            self._drop_seen_paragraphs(chunk, keep, texts)
+        return [(i, texts[i]) for i in np.flatnonzero(keep) if texts[i]]
+
+    def _drop_seen_paragraphs(self, chunk: "HashedDocuments", keep: np.ndarray, texts: list[str]) -> None:
+        rows = keep[chunk.paragraph_doc]  # paragraphs of documents still kept
+        doc, hashes = chunk.paragraph_doc[rows], chunk.paragraph_hashes[rows]
+        index, seen = chunk.paragraph_index[rows], ~self.paragraphs.add_new(hashes, np.zeros(len(hashes)))
+        for d in np.unique(doc[seen]):
+            gone = set(index[seen & (doc == d)].tolist())
+            paragraphs = split_paragraphs(texts[d])
+            self.stats.duplicate_paragraphs += len(gone)
+            self.stats.duplicate_bytes += sum(len(paragraphs[i]) for i in gone)
+            texts[d] = "\n\n".join(p for i, p in enumerate(paragraphs) if i not in gone)
+
+    def close(self) -> None:
+        if self.signatures is not None:
+            self.signatures.close()
