@@ -66,6 +66,8 @@ class KeyIndex:
         """The value stored for each key, or -1."""
         found = np.full(len(keys), -1, dtype=np.int64)
         for run_keys, run_values in self.runs:
+            if len(run_keys) == 0:
+                continue
             pos = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
             hit = (run_keys[pos] == keys) & (found < 0)
             found[hit] = run_values[pos[hit]]
@@ -84,6 +86,8 @@ class KeyIndex:
         return new
 
     def _push(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
         self.runs.append((keys, values))
         while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
             (k1, v1), (k2, v2) = self.runs.pop(), self.runs.pop()

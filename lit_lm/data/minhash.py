@@ -113,16 +113,21 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """The (bands, rows) with bands * rows <= num_perm that minimise false positives + false negatives around
-    `threshold`, for the collision probability 1 - (1 - s^rows)^bands of two documents of Jaccard similarity s."""
+def lsh_bands(threshold: float, num_perm: int, false_negative_weight: float = 0.9) -> tuple[int, int]:
+    """The (bands, rows) with bands * rows <= num_perm that minimise weighted false positives + false negatives around
+    `threshold`, for the collision probability 1 - (1 - s^rows)^bands of two documents of Jaccard similarity s.
+
+    Missed pairs are weighted up: every candidate pair is verified on its signatures afterwards, so a false positive
+    costs only a comparison while a false negative is a duplicate left in the data.
+    """
     s = np.linspace(0.0, 1.0, 201)
     best, best_err = (1, num_perm), math.inf
     for bands in range(1, num_perm + 1):
         rows = num_perm // bands
         p = 1 - (1 - s**rows) ** bands
         below = s <= threshold
-        err = np.trapezoid(np.where(below, p, 0), s) + np.trapezoid(np.where(below, 0, 1 - p), s)
+        err = ((1 - false_negative_weight) * np.trapezoid(np.where(below, p, 0), s)
+               + false_negative_weight * np.trapezoid(np.where(below, 0, 1 - p), s))
         if err < best_err:
             best, best_err = (bands, rows), err
     return best
