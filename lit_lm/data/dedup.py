@@ -2,8 +2,9 @@
 
 Repeated data hurts a small-budget model out of proportion to its share (Hernandez et al. 2022; Lee et al. 2022),
 so every document is checked against everything before it, in corpus order, and the first copy is kept.
-Memory: the indexes hold 8-16 bytes per document and per paragraph (numpy arrays, no Python objects); MinHash
-signatures of documents that may be near-duplicate candidates go to a file on disk, not to RAM.
+Memory: numpy arrays, no Python objects: 8 bytes per document and per long paragraph for the exact indexes, and
+8 bytes per LSH band (about 14) per document for the near-duplicate index; the MinHash signatures themselves go to a
+file on disk, not to RAM.
 """
 
 import hashlib
@@ -50,50 +51,55 @@ def text_hash(text: str) -> int:
 
 
 class KeyIndex:
-    """A growing map from 64-bit keys to the first value stored under each, as sorted numpy runs.
+    """A growing set of integer keys, optionally mapped to the first value stored under each, as sorted numpy runs.
 
-    New keys arrive in batches and become a sorted run; runs of similar size are merged (a log-structured merge),
-    so a lookup costs a binary search per run and memory is 16 bytes per key.
+    New keys arrive in batches and become a sorted run; runs of similar size are merged (a log-structured merge) up to
+    MAX_RUN keys, so a lookup costs a binary search per run, memory is the keys and values themselves, and a merge
+    never needs more than a few MAX_RUN-sized temporaries.
     """
 
-    def __init__(self) -> None:
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+    MAX_RUN = 1 << 22
+
+    def __init__(self, key_dtype=np.int64, value_dtype=None) -> None:
+        self.key_dtype, self.value_dtype = np.dtype(key_dtype), value_dtype and np.dtype(value_dtype)
+        self.runs: list[tuple[np.ndarray, np.ndarray | None]] = []
 
     def __len__(self) -> int:
         return sum(len(k) for k, _ in self.runs)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """The value stored for each key, or -1."""
+        """The value stored for each key (or 0 without values), or -1 where the key is absent."""
+        keys = np.asarray(keys).astype(self.key_dtype, copy=False)
         found = np.full(len(keys), -1, dtype=np.int64)
         for run_keys, run_values in self.runs:
-            if len(run_keys) == 0:
-                continue
             pos = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
             hit = (run_keys[pos] == keys) & (found < 0)
-            found[hit] = run_values[pos[hit]]
+            found[hit] = 0 if run_values is None else run_values[pos[hit]]
         return found
 
-    def add_new(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def add_new(self, keys: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         """Store keys not seen before (the first of repeats within the batch wins); return which entries were new."""
-        keys = np.asarray(keys, dtype=np.int64)
+        keys = np.asarray(keys).astype(self.key_dtype, copy=False)
         new = np.zeros(len(keys), dtype=bool)
         if len(keys) == 0:
             return new
         unique, first = np.unique(keys, return_index=True)
         fresh = self.lookup(unique) < 0
         new[first[fresh]] = True
-        self._push(unique[fresh], np.asarray(values, dtype=np.int64)[first[fresh]])
+        kept_values = None if self.value_dtype is None else np.asarray(values)[first[fresh]].astype(self.value_dtype)
+        self._push(unique[fresh], kept_values)
         return new
 
-    def _push(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def _push(self, keys: np.ndarray, values: np.ndarray | None) -> None:
         if len(keys) == 0:
             return
         self.runs.append((keys, values))
-        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+        while (len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0])
+               and len(self.runs[-2][0]) + len(self.runs[-1][0]) <= self.MAX_RUN):
             (k1, v1), (k2, v2) = self.runs.pop(), self.runs.pop()
-            k, v = np.concatenate([k2, k1]), np.concatenate([v2, v1])
+            k = np.concatenate([k2, k1])
             order = np.argsort(k, kind="stable")
-            self.runs.append((k[order], v[order]))
+            self.runs.append((k[order], None if v1 is None else np.concatenate([v2, v1])[order]))
 
 
 class SignatureFile:
@@ -164,9 +170,9 @@ class Deduplicator:
     def __init__(self, config: DedupConfig, workdir: Path) -> None:
         self.config = config
         self.stats = DedupStats()
-        self.documents = KeyIndex()
+        self.documents = KeyIndex()  # 64-bit text hashes: a collision would drop a distinct document
         self.paragraphs = KeyIndex()
-        self.buckets = KeyIndex()
+        self.buckets = KeyIndex(np.uint32, np.int32)  # 32-bit band keys: a collision only adds a verified candidate
         self.bands, self.rows = lsh_bands(config.threshold, config.num_perm)
         self.signatures = SignatureFile(workdir / "minhash.sig", config.num_perm) if config.near else None
 
@@ -176,7 +182,7 @@ class Deduplicator:
         ids = base + np.arange(n, dtype=np.int64)
         self.signatures.append(sig)
         has_words = sig[:, 0] != np.iinfo(np.uint32).max
-        keys = band_keys(sig, self.bands, self.rows).view(np.int64)  # [n, bands]
+        keys = (band_keys(sig, self.bands, self.rows) >> np.uint64(32)).astype(np.uint32)  # [n, bands]
         flat = keys.reshape(-1)
         earlier = self.buckets.lookup(flat).reshape(n, self.bands)
         # within the chunk: the first document holding each key is the candidate of the later ones
@@ -193,7 +199,8 @@ class Deduplicator:
             sim = np.zeros(cand.shape)
             sim[cand >= 0] = jaccard_estimate(sig[pairs].repeat((cand >= 0).sum(1), axis=0), cand_sig[where])
             duplicate[pairs] = sim.max(axis=1) >= self.config.threshold
-        self.buckets.add_new(flat[np.repeat(has_words, self.bands)], np.repeat(ids, self.bands)[np.repeat(has_words, self.bands)])
+        with_words = np.repeat(has_words, self.bands)
+        self.buckets.add_new(flat[with_words], np.repeat(ids, self.bands)[with_words])
         return duplicate
 
     def filter(self, chunk: "HashedDocuments") -> list[tuple[int, str]]:
@@ -201,7 +208,7 @@ class Deduplicator:
         cfg = self.config
         keep = np.ones(len(chunk.texts), dtype=bool)
         if cfg.exact and len(keep):
-            keep = self.documents.add_new(chunk.hashes, np.arange(len(keep)))
+            keep = self.documents.add_new(chunk.hashes)
             self.stats.exact_duplicates += int((~keep).sum())
         if cfg.near and keep.any():
             kept = np.flatnonzero(keep)
@@ -217,7 +224,7 @@ class Deduplicator:
     def _drop_seen_paragraphs(self, chunk: "HashedDocuments", keep: np.ndarray, texts: list[str]) -> None:
         rows = keep[chunk.paragraph_doc]  # paragraphs of documents still kept
         doc, hashes = chunk.paragraph_doc[rows], chunk.paragraph_hashes[rows]
-        index, seen = chunk.paragraph_index[rows], ~self.paragraphs.add_new(hashes, np.zeros(len(hashes)))
+        index, seen = chunk.paragraph_index[rows], ~self.paragraphs.add_new(hashes)
         for d in np.unique(doc[seen]):
             gone = set(index[seen & (doc == d)].tolist())
             paragraphs = split_paragraphs(texts[d])

@@ -72,10 +72,11 @@ def shingles(docs: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(ngram)
     for k in range(ngram):
         coef = _U64(int(rng.integers(1, 2**63)) * 2 + 1)
+        m = max(n - k, 0)  # positions whose k-th next word exists
         same = np.zeros(n, dtype=bool)
-        same[: n - k] = doc[k:] == doc[: n - k]
+        same[:m] = doc[k:] == doc[:m]
         shifted = np.zeros(n, dtype=_U64)
-        shifted[: n - k] = words[k:]
+        shifted[:m] = words[k:]
         acc += np.where(same, shifted * coef, _U64(0))
         full &= same
     first_of_doc = np.ones(n, dtype=bool)
