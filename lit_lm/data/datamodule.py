@@ -19,7 +19,7 @@ from lit_lm.data.dedup import DedupConfig
 from lit_lm.data.pipeline import Recipe, build_store
 from lit_lm.data.sources import CorpusError, SourceConfig, fingerprint, resolve_paths
 from lit_lm.data.store import TokenStore
-from lit_lm.data.streaming import ExactlyOnceSampler, StoreBatches, StoreRows
+from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows
 from lit_lm.data.text import CleaningConfig, DocumentSplit
 from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
 
@@ -192,9 +192,9 @@ class PretrainingDataModule(L.LightningDataModule):
             start_position=resume.get("position", 0), start_batches=resume.get("batches", 0))
         if self.num_workers:  # tokenizing is done; silence the tokenizers fork warning in the workers
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return DataLoader(StoreBatches(self.train_store, self.batch_size, self.seed), batch_size=None,
-                          sampler=self._sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(StoreBatches(self.train_store, self.batch_size, self.seed), batch_size=None,
+                                   sampler=self._sampler, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(StoreRows(self.val_store), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -185,7 +185,8 @@ def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress
                    dedup=recipe.dedup)
     docs, counters, dedup = DocumentFile(workdir / "documents.txt"), Counters(), Deduplicator(recipe.dedup, workdir)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="clean+dedup", disable=not progress)
-    pool = multiprocessing.get_context("fork").Pool(num_proc) if num_proc > 1 else None
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = multiprocessing.get_context(method).Pool(num_proc) if num_proc > 1 else None
     try:
         pending: deque = deque()
 

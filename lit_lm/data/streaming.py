@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_lm.data.minhash import mix64
 from lit_lm.data.store import TokenStore
@@ -73,7 +73,7 @@ class ExactlyOnceSampler(DistributedSampler):
     """
 
     def __init__(self, num_rows: int, batch_size: int, num_replicas: int = 1, rank: int = 0, start_epoch: int = 0,
-                 start_position: int = 0, start_batches: int = 0) -> None:  # noqa: D107 - no super().__init__: no dataset
+                 start_position: int = 0, start_batches: int = 0) -> None:  # no super().__init__: there is no dataset
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside a world of {num_replicas}.")
         self.num_rows, self.batch_size, self.num_replicas, self.rank = num_rows, batch_size, num_replicas, rank
@@ -105,6 +105,20 @@ class ExactlyOnceSampler(DistributedSampler):
         """The first unconsumed position once this rank (and so every rank) has consumed `batches` this epoch."""
         position, done = self._start()
         return position + (batches - done) * self.global_batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that tells Lightning it resumes mid-epoch (Lightning warns otherwise).
+
+    The resume point itself travels in the datamodule's ``state_dict``, computed from the batches the trainer has
+    actually processed: the loader's own count runs ahead by the batches Lightning prefetches.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class StoreBatches(Dataset):

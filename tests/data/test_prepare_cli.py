@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from lit_lm.data.__main__ import prepare
+import pytest
+
+from lit_lm.data.__main__ import main, prepare
 from tests.conftest import ROOT
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -31,6 +33,6 @@ def test_prepare_on_the_default_corpus_needs_no_files():
     assert card["docs_in"] > 1000 and card["tokens"] > 200_000 and card["sources"][0]["source"].startswith("default")
 
 
-def test_a_usage_line_without_the_prepare_command():
-    proc = subprocess.run([sys.executable, "-m", "lit_lm.data"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode != 0 and "usage: python -m lit_lm.data prepare --config" in proc.stderr
+def test_a_usage_line_without_the_prepare_command(capsys):
+    with pytest.raises(SystemExit, match="usage: python -m lit_lm.data prepare --config"):
+        main([])
