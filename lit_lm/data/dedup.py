@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_lm.data.minhash import band_keys, jaccard_estimate, lsh_bands, signatures
+from lit_lm.data.minhash import band_keys, document_hashes, jaccard_estimate, lsh_bands, signatures, word_hashes
 from lit_lm.data.text import split_paragraphs
 
 
@@ -22,7 +22,7 @@ class DedupConfig:
     """Which duplicates are removed before tokenization."""
 
     exact: bool = True
-    """Drop documents whose normalised text (case and whitespace folded) was seen before."""
+    """Drop documents whose words (case, whitespace and punctuation folded) were seen before, in the same order."""
     paragraphs: bool = True
     """Drop, inside documents, paragraphs seen before (e.g. licence boilerplate repeated in every file)."""
     paragraph_min_chars: int = 100
@@ -45,7 +45,7 @@ class DedupConfig:
 
 
 def text_hash(text: str) -> int:
-    """A 64-bit hash of the text with case and whitespace folded, as a signed int64 value."""
+    """A 64-bit hash of the text with case and whitespace folded, as a signed int64 value (for texts without words)."""
     folded = " ".join(text.lower().split()).encode("utf-8", errors="replace")
     return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "little", signed=True)
 
@@ -129,7 +129,7 @@ class HashedDocuments:
 
     texts: list[str]
     hashes: np.ndarray
-    """int64 hash of each document's folded text."""
+    """int64 hash of each document's word sequence."""
     signatures: np.ndarray | None
     """[documents, num_perm] MinHash signatures, or None without near deduplication."""
     paragraph_doc: np.ndarray
@@ -142,18 +142,28 @@ class HashedDocuments:
 
 def hash_documents(texts: list[str], config: DedupConfig) -> HashedDocuments:
     """Everything the deduplicator decides on, for a chunk of documents (runs in the worker processes)."""
-    hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.int64, count=len(texts))
-    sig = signatures(texts, config.num_perm, config.ngram) if config.near and texts else None
-    where, hashed = [], []
+    words = word_hashes(texts)  # one vectorised pass serves the exact hash and the MinHash shingles
+    hashes = fold_hashes(texts, words)
+    sig = signatures(texts, config.num_perm, config.ngram, words) if config.near and texts else None
+    where, long_paragraphs = [], []
     if config.paragraphs:
         for d, text in enumerate(texts):
             if "\n\n" in text:
                 for p, paragraph in enumerate(split_paragraphs(text)):
                     if len(paragraph) >= config.paragraph_min_chars:
                         where.append((d, p))
-                        hashed.append(text_hash(paragraph))
+                        long_paragraphs.append(paragraph)
     where_array = np.asarray(where, dtype=np.int64).reshape(-1, 2)
-    return HashedDocuments(texts, hashes, sig, where_array[:, 0], where_array[:, 1], np.asarray(hashed, dtype=np.int64))
+    return HashedDocuments(texts, hashes, sig, where_array[:, 0], where_array[:, 1], fold_hashes(long_paragraphs))
+
+
+def fold_hashes(texts: list[str], words: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """int64 hashes of texts' word sequences (case, whitespace and punctuation folded), vectorised; a text without
+    words is hashed whole."""
+    hashes = document_hashes(*(words or word_hashes(texts)), len(texts)).view(np.int64)
+    for i in np.flatnonzero(hashes == 0):
+        hashes[i] = text_hash(texts[i])
+    return hashes
 
 
 @dataclass

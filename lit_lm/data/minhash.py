@@ -42,7 +42,7 @@ def _powers(n: int, base: int) -> np.ndarray:
     return np.cumprod(factors, dtype=_U64)
 
 
-def _word_hashes(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def word_hashes(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The hash of every word of every document (lower-cased; words are runs of letters and digits), and each
     word's document index."""
     encoded = [d.lower().encode("utf-8") for d in docs]
@@ -60,12 +60,28 @@ def _word_hashes(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return hashes, doc_of_word
 
 
-def shingles(docs: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+def document_hashes(words: np.ndarray, doc: np.ndarray, n_docs: int) -> np.ndarray:
+    """An order-sensitive 64-bit hash of each document's word sequence, so case, whitespace and punctuation are
+    folded; 0 for a document without words."""
+    counts = np.bincount(doc, minlength=n_docs)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.zeros(n_docs, dtype=_U64)
+    if len(words):
+        position = np.arange(len(words)) - first[doc]
+        terms = words * _powers(int(position.max()) + 1, _POLY)[position]
+        nonempty = np.flatnonzero(counts)
+        out[nonempty] = mix64(np.add.reduceat(terms, first[nonempty]) ^ counts[nonempty].astype(_U64))
+    return out
+
+
+def shingles(docs: list[str], ngram: int, words: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """32-bit hashes of every word n-gram of every document, and each shingle's document index (ascending).
 
     A document with fewer than `ngram` words gets one shingle of all its words; one without words gets none.
+    `words` may pass in `word_hashes(docs)` when already computed.
     """
-    words, doc = _word_hashes(docs)
+    words, doc = word_hashes(docs) if words is None else words
     n = len(words)
     acc = np.zeros(n, dtype=_U64)
     full = np.ones(n, dtype=bool)
@@ -87,9 +103,10 @@ def shingles(docs: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     return (mix64(acc[keep]) >> _U64(32)).astype(np.uint32), doc[keep]
 
 
-def signatures(docs: list[str], num_perm: int = 128, ngram: int = 5) -> np.ndarray:
+def signatures(docs: list[str], num_perm: int = 128, ngram: int = 5,
+               words: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """MinHash signatures ``[len(docs), num_perm]`` (uint32); a document without words gets all 0xFFFFFFFF."""
-    values, doc = shingles(docs, ngram)
+    values, doc = shingles(docs, ngram, words)
     a, s = permutations(num_perm)
     sig = np.full((num_perm, len(docs)), np.iinfo(np.uint32).max, dtype=np.uint32)  # transposed: contiguous minima
     for start in range(0, len(values), SHINGLE_BLOCK):
