@@ -171,7 +171,7 @@ class DedupStats:
     exact_duplicates: int = 0
     near_duplicates: int = 0
     duplicate_paragraphs: int = 0
-    duplicate_bytes: int = 0
+    duplicate_chars: int = 0
 
 
 class Deduplicator:
@@ -213,7 +213,7 @@ class Deduplicator:
         self.buckets.add_new(flat[with_words], np.repeat(ids, self.bands)[with_words])
         return duplicate
 
-    def filter(self, chunk: "HashedDocuments") -> list[tuple[int, str]]:
+    def filter(self, chunk: HashedDocuments) -> list[tuple[int, str]]:
         """The chunk's documents that survive, in order: (index in the chunk, text without repeated paragraphs)."""
         cfg = self.config
         keep = np.ones(len(chunk.texts), dtype=bool)
@@ -225,13 +225,13 @@ class Deduplicator:
             near = self.near_duplicates(chunk.signatures[kept])
             keep[kept[near]] = False
             self.stats.near_duplicates += int(near.sum())
-        self.stats.duplicate_bytes += sum(len(chunk.texts[i]) for i in np.flatnonzero(~keep))
+        self.stats.duplicate_chars += sum(len(chunk.texts[i]) for i in np.flatnonzero(~keep))
         texts = list(chunk.texts)
         if cfg.paragraphs and len(chunk.paragraph_hashes):
             self._drop_seen_paragraphs(chunk, keep, texts)
         return [(i, texts[i]) for i in np.flatnonzero(keep) if texts[i]]
 
-    def _drop_seen_paragraphs(self, chunk: "HashedDocuments", keep: np.ndarray, texts: list[str]) -> None:
+    def _drop_seen_paragraphs(self, chunk: HashedDocuments, keep: np.ndarray, texts: list[str]) -> None:
         rows = keep[chunk.paragraph_doc]  # paragraphs of documents still kept
         doc, hashes = chunk.paragraph_doc[rows], chunk.paragraph_hashes[rows]
         index, seen = chunk.paragraph_index[rows], ~self.paragraphs.add_new(hashes)
@@ -239,7 +239,7 @@ class Deduplicator:
             gone = set(index[seen & (doc == d)].tolist())
             paragraphs = split_paragraphs(texts[d])
             self.stats.duplicate_paragraphs += len(gone)
-            self.stats.duplicate_bytes += sum(len(paragraphs[i]) for i in gone)
+            self.stats.duplicate_chars += sum(len(paragraphs[i]) for i in gone)
             texts[d] = "\n\n".join(p for i, p in enumerate(paragraphs) if i not in gone)
 
     def close(self) -> None:

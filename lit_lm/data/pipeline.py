@@ -330,7 +330,7 @@ def build_store(recipe: Recipe, out: Path, num_proc: int = 1, progress: bool = T
         "bytes": counters.bytes, "replaced_bytes": counters.replaced_bytes, "bad_records": counters.bad_records,
         "docs_in": counters.docs_in, "too_short": counters.too_short, "too_long": counters.too_long,
         "exact_duplicates": stats.exact_duplicates, "near_duplicates": stats.near_duplicates,
-        "duplicate_paragraphs": stats.duplicate_paragraphs, "duplicate_bytes": stats.duplicate_bytes,
+        "duplicate_paragraphs": stats.duplicate_paragraphs, "duplicate_chars": stats.duplicate_chars,
         "docs_out": packed["train_docs"] + packed["val_docs"], **packed,
         "tokens": packed["train_tokens"] + packed["val_tokens"],
         "sequences": packed["train_sequences"] + packed["val_sequences"],
