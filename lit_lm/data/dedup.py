@@ -243,5 +243,7 @@ class Deduplicator:
             texts[d] = "\n\n".join(p for i, p in enumerate(paragraphs) if i not in gone)
 
     def close(self) -> None:
+        """Release the indexes and the signature file (the stats stay)."""
         if self.signatures is not None:
             self.signatures.close()
+        self.documents, self.paragraphs, self.buckets = KeyIndex(), KeyIndex(), KeyIndex()

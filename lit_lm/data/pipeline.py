@@ -36,7 +36,7 @@ from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 4 << 20  # raw text per worker task
-ENCODE_BYTES = 4 << 20  # clean text per encode_batch call: bounds memory, keeps every core busy
+ENCODE_BYTES = 1 << 20  # clean text per encode_batch call: bounds memory, keeps every core busy
 
 
 @dataclass
