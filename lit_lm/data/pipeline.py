@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from lit_lm.data.dedup import DedupConfig, Deduplicator, hash_documents
+from lit_lm.data.dedup import DedupConfig, DedupStats, Deduplicator, hash_documents
 from lit_lm.data.packing import Packer, token_dtype
 from lit_lm.data.sources import CorpusError, SourceConfig, read_default_corpus, read_source
 from lit_lm.data.store import ShardWriter
@@ -177,7 +177,9 @@ class DocumentFile:
                 start = stop
 
 
-def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress: bool) -> tuple[DocumentFile, Counters, Deduplicator]:
+def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress: bool
+                          ) -> tuple[DocumentFile, Counters, DedupStats]:
+    """Pass 1: the clean, deduplicated documents in a scratch file, with what happened to the text."""
     total = None if recipe.sources is None else sum(
         os.path.getsize(f) if f.is_file() else 0 for _, files in recipe.sources for f in files)
     text_fields = [s.text_field for s, _ in recipe.sources] if recipe.sources else ["text"]
@@ -208,7 +210,7 @@ def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress
         bar.close()
         docs.close_writing()
         dedup.close()
-    return docs, counters, dedup
+    return docs, counters, dedup.stats
 
 
 # ---- pass 2: hold out validation documents, train a tokenizer ----------------------------------------------------
@@ -292,7 +294,7 @@ def build_store(recipe: Recipe, out: Path, num_proc: int = 1, progress: bool = T
     start = time.perf_counter()
     workdir = out / "work"
     workdir.mkdir(parents=True)
-    docs, counters, dedup = clean_and_deduplicate(recipe, workdir, num_proc, progress)
+    docs, counters, stats = clean_and_deduplicate(recipe, workdir, num_proc, progress)
     where = "the embedded default corpus" if recipe.sources is None else "data.paths / data.sources"
     if len(docs) == 0:
         hint = (f" No record has the field {recipe.sources[0][0].text_field!r}: set text_field."
@@ -324,7 +326,6 @@ def build_store(recipe: Recipe, out: Path, num_proc: int = 1, progress: bool = T
                [{"source": s.name or ", ".join(s.paths or []), "weight": s.weight} for s, _ in recipe.sources])
     for i, entry in enumerate(sources):
         entry.update(docs_in=counters.per_source_in.get(i, 0), **per_source[i])
-    stats = dedup.stats
     card = {
         "files": sum(len(f) for _, f in recipe.sources) if recipe.sources else 0,
         "bytes": counters.bytes, "replaced_bytes": counters.replaced_bytes, "bad_records": counters.bad_records,
