@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lit_lm, even where another one is installed
 
 from lit_lm.data.dedup import DedupConfig, Deduplicator, hash_documents  # noqa: E402
-from lit_lm.data.minhash import shingles, signatures  # noqa: E402
+from lit_lm.data.minhash import shingles  # noqa: E402
 from lit_lm.data.pipeline import Recipe, build_store  # noqa: E402
 from lit_lm.data.sources import SourceConfig, resolve_paths  # noqa: E402
 from lit_lm.data.text import CleaningConfig, decode, split_documents  # noqa: E402

@@ -1,7 +1,6 @@
 """The pretraining DataModule: a corpus (or the embedded default) -> a cached token store -> one exact pass."""
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict
@@ -23,7 +22,6 @@ from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, Store
 from lit_lm.data.text import CleaningConfig, DocumentSplit
 from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
 
-log = logging.getLogger(__name__)
 STORE_VERSION = 2  # bump when the store layout, cleaning or packing changes, so caches rebuild
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 import time
 from array import array
 from collections import deque
@@ -311,7 +312,7 @@ def build_store(recipe: Recipe, out: Path, num_proc: int = 1, progress: bool = T
     else:
         log.info("training a %s tokenizer (vocab %d)", cfg.kind, cfg.vocab_size)
         if progress:
-            print(f"training a {cfg.kind} tokenizer (vocab {cfg.vocab_size}) ...", flush=True)
+            print(f"training a {cfg.kind} tokenizer (vocab {cfg.vocab_size}) ...", file=sys.stderr, flush=True)
         tokenizer = train_tokenizer(tokenizer_texts(docs, is_val, cfg.max_train_bytes), cfg)
     packed = encode_and_pack(recipe, docs, is_val, tokenizer, out, progress)
     if packed["train_sequences"] == 0:

@@ -1,9 +1,7 @@
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from lit_lm.data.dedup import DedupConfig, Deduplicator, KeyIndex, hash_documents
 from lit_lm.data.minhash import jaccard_estimate, lsh_bands, shingles, signatures
