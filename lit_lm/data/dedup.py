@@ -8,6 +8,7 @@ file on disk, not to RAM.
 """
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +104,12 @@ class KeyIndex:
 
 
 class SignatureFile:
-    """MinHash signatures by document number, appended to a file and read back by row."""
+    """MinHash signatures by document number, appended to a file and read back by row with pread (a memory map of
+    the whole file would count every page its scattered candidate rows touch as resident memory)."""
 
     def __init__(self, path: Path, num_perm: int) -> None:
         self.path, self.num_perm, self.rows = path, num_perm, 0
-        self.file = open(path, "wb")
+        self.file = open(path, "w+b")
 
     def append(self, sig: np.ndarray) -> None:
         self.file.write(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
@@ -115,8 +117,11 @@ class SignatureFile:
         self.rows += len(sig)
 
     def rows_at(self, ids: np.ndarray) -> np.ndarray:
-        table = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.rows, self.num_perm))
-        return np.asarray(table[ids])
+        out = np.empty((len(ids), self.num_perm), dtype=np.uint32)
+        row_bytes, fd = self.num_perm * 4, self.file.fileno()
+        for i, row in enumerate(np.asarray(ids).tolist()):
+            os.preadv(fd, [memoryview(out[i]).cast("B")], row * row_bytes)
+        return out
 
     def close(self) -> None:
         self.file.close()
