@@ -20,7 +20,7 @@ class OneCycleLR(Callback):
     ``key='time'``, of the optimizer steps or training batches with ``key='steps'``, and of whichever limit ends the
     run first with ``key='auto'``. It does not depend on the batch size, so a batch-size ramp does not bend it.
     The rate is set once per optimizer step, at the first micro-batch of each accumulation window, and logged as
-    ``train/lr``.
+    ``train/lr``. The peak is the optimizer's configured ``lr``, also when resuming from a checkpoint.
 
     Args:
         warmup_fraction: Fraction of the run spent rising to the peak.
@@ -57,10 +57,13 @@ class OneCycleLR(Callback):
             return 1.0
         return 1.0 - (1 - self.final_lr_ratio) * (progress - self.warmup_fraction) / (1 - self.warmup_fraction)
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the configured rates, read before a checkpoint's optimizer state is restored: a run resumed with another
+        # model.optimizer.lr follows the new peak
+        self._peaks = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         training_progress(trainer, self.key, "OneCycleLR")  # fail now, not after the first batch, if unkeyed
-        self._peaks = [[group.setdefault("peak_lr", group["lr"]) for group in opt.param_groups]
-                       for opt in trainer.optimizers]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx % trainer.accumulate_grad_batches:

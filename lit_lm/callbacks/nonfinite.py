@@ -27,16 +27,16 @@ class StopOnNonFiniteLoss(Callback):
         self.dirpath = dirpath
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        bad_here = not bool(torch.isfinite(loss.detach()).all())
+        bad = trainer.strategy.reduce_boolean_decision(bad_here, all=False) if trainer.world_size > 1 else bad_here
         if not bad:
             return
+        value = f"{loss.item()}" if bad_here else "not finite on another device"
         folder = Path(self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
         path = folder / f"nonfinite-step{trainer.global_step}.ckpt"
         trainer.save_checkpoint(path)
         raise NonFiniteLossError(
-            f"the training loss is {loss.item()} at optimizer step {trainer.global_step} "
+            f"the training loss is {value} at optimizer step {trainer.global_step} "
             f"(micro-batch {trainer.fit_loop.total_batch_idx}): stopping. The weights from before this step are saved "
             f"in {path}. Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val), warm up for longer, or "
             f"train in precision 32-true or bf16-mixed instead of 16-mixed; then resume with --ckpt_path {path}."

@@ -67,7 +67,7 @@ class ThroughputMFU(Callback):
         peak_flops: Peak FLOP/s of one device; None looks it up (GPU) or measures it (CPU).
     """
 
-    def __init__(self, window: int = 10, peak_flops: float | None = None) -> None:
+    def __init__(self, window: int = 5, peak_flops: float | None = None) -> None:
         if window < 2:
             raise ValueError(f"ThroughputMFU.window must be >= 2 optimizer steps, got {window}.")
         self.window = window

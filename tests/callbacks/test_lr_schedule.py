@@ -1,4 +1,6 @@
 import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from lit_lm.callbacks import OneCycleLR
 from lit_lm.callbacks.progress import training_progress
 from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
@@ -57,3 +59,18 @@ def test_time_keyed_schedule_follows_the_budget_clock(tmp_path, monkeypatch):
 def test_a_clock_that_is_not_configured_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="trainer.max_time"):
         quiet_trainer(tmp_path, max_steps=3, callbacks=[OneCycleLR(key="time")]).fit(LinearOnTokens())
+
+
+def test_a_resumed_run_follows_the_configured_peak(tmp_path):
+    """Resuming (e.g. after a NaN) with a lower model.optimizer.lr lowers the schedule from there on."""
+    checkpoints = tmp_path / "checkpoints"
+
+    def callbacks():
+        return [OneCycleLR(0.5, key="steps"), ModelCheckpoint(dirpath=checkpoints, save_last=True)]
+
+    quiet_trainer(tmp_path, max_steps=4, max_epochs=-1, enable_checkpointing=True,
+                  callbacks=callbacks()).fit(LinearOnTokens(lr=0.1))
+    resumed = LinearOnTokens(lr=0.05)
+    quiet_trainer(tmp_path, max_steps=8, max_epochs=-1, enable_checkpointing=True, callbacks=callbacks()).fit(
+        resumed, ckpt_path=str(checkpoints / "last.ckpt"))
+    assert [s["lr"] for s in resumed.seen] == pytest.approx([0.05 * OneCycleLR(0.5).factor(i / 8) for i in range(4, 8)])
