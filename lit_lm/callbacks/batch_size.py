@@ -30,8 +30,9 @@ class BatchSizeRamp(Callback):
     steps). Lightning places the windows by the batch index within the epoch (a window starts where
     ``batch_idx % accumulate_grad_batches == 0``), so a new factor is taken only at a window boundary where it keeps that
     rule true: the largest factor, no larger than the schedule's target, that divides the boundary's batch index.
-    The factor therefore never overshoots the schedule and catches up with it within a few windows (at once in
-    ``stepped`` mode, whose factors are powers of two).
+    The factor therefore never overshoots the schedule and catches up with it within a few windows (within one in
+    ``stepped`` mode, whose factors are powers of two). Changing the factor anywhere else would skip a window's
+    zeroing of the gradients, so an already applied window's gradients would leak into the next step.
 
     The factor is part of the checkpoint, so a resumed run continues where it was; it is logged as
     ``train/batch_size`` (sequences per optimizer step, across all devices).

@@ -9,6 +9,8 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lit_lm.callbacks.batch_size import micro_batch_rows
+
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
                   "16-true": torch.float16, "64-true": torch.float64}
 
@@ -117,12 +119,12 @@ class ThroughputMFU(Callback):
         self._last_step = trainer.global_step
         world = trainer.world_size
         # one small all-reduce per optimizer step, where gradients are all-reduced anyway
-        tokens = int(trainer.strategy.reduce(self._pending_tokens.to(torch.float64), reduce_op="sum").item())
+        tokens = int(trainer.strategy.reduce(self._pending_tokens.to(torch.int64), reduce_op="sum").item())
         batches = self._pending_batches * world
         self.tokens_seen += tokens
         self._tokens_this_run += tokens
         self._batches += batches
-        self._samples += batches * len(batch["input_ids"] if isinstance(batch, dict) else batch[0])
+        self._samples += batches * micro_batch_rows(batch)
         self._pending_tokens, self._pending_batches = None, 0
         self._throughput.update(
             time=time.perf_counter() - self._start - self._paused, batches=self._batches, samples=self._samples,

@@ -1,5 +1,7 @@
 """Tiny LightningModules and trainers for callback tests: a linear model on token-like batches."""
 
+import time
+
 import lightning as L
 import torch
 
@@ -30,7 +32,6 @@ class LinearOnTokens(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.step_seconds:
-            import time
             time.sleep(self.step_seconds)
         self.seen.append({"batch_idx": batch_idx, "accumulation": self.trainer.accumulate_grad_batches,
                           "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "step": self.trainer.global_step,

