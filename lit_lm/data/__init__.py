@@ -1,8 +1,10 @@
-"""Data: sources -> clean -> tokenizer -> pack -> cached store -> loaders. Never imports the model."""
+"""Data: sources -> clean -> dedup -> tokenizer -> pack -> store -> stream. Never imports the model."""
 
-from lit_lm.data.datamodule import PackedSequences, PretrainingDataModule, TokenizerConfig
-from lit_lm.data.sources import CorpusError
-from lit_lm.data.tokenizer import SpecialTokens, TokenizerError
+from lit_lm.data.datamodule import PretrainingDataModule
+from lit_lm.data.dedup import DedupConfig
+from lit_lm.data.sources import CorpusError, SourceConfig
+from lit_lm.data.text import CleaningConfig
+from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, TokenizerError
 
-__all__ = ["PretrainingDataModule", "TokenizerConfig", "PackedSequences", "CorpusError", "SpecialTokens",
-           "TokenizerError"]
+__all__ = ["PretrainingDataModule", "SourceConfig", "CleaningConfig", "DedupConfig", "TokenizerConfig",
+           "CorpusError", "SpecialTokens", "TokenizerError"]

@@ -1,115 +1,95 @@
-"""The pretraining DataModule: text files (or the embedded default) -> tokenizer -> packed, cached sequences."""
+"""The pretraining DataModule: a corpus (or the embedded default) -> a cached token store -> one exact pass."""
 
 import json
-import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
-import numpy as np
-import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lit_lm.data import default_corpus
 from lit_lm.data.cache import atomic_directory, build_lock, cache_key, default_cache_dir
-from lit_lm.data.packing import pack, token_dtype
-from lit_lm.data.sources import CorpusError, CorpusStats, DocumentSplit, fingerprint, read_documents, resolve_paths
-from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer, train_wordpiece
+from lit_lm.data.dedup import DedupConfig
+from lit_lm.data.pipeline import Recipe, build_store
+from lit_lm.data.sources import CorpusError, SourceConfig, fingerprint, resolve_paths
+from lit_lm.data.store import TokenStore
+from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows
+from lit_lm.data.text import CleaningConfig, DocumentSplit
+from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
 
-log = logging.getLogger(__name__)
-STORE_VERSION = 1  # bump when the store layout or packing changes, so caches rebuild
-ENCODE_CHUNK = 2048  # documents per encode_batch call: bounds memory, keeps both cores busy
-
-
-@dataclass
-class TokenizerConfig:
-    """Which tokenizer to use, or how to train one on the corpus."""
-
-    path: str | None = None
-    """A tokenizer.json, or a folder holding one (e.g. a local HuggingFace model folder). None trains one."""
-    vocab_size: int = 8192
-    """Vocabulary size when training a WordPiece tokenizer on the training split."""
-    lowercase: bool = True
-    """Lower-case and strip accents before tokenizing (an uncased model), when training a tokenizer."""
-    min_frequency: int = 2
-    """Minimum count for a merge when training a tokenizer."""
-
-
-def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Hold out whole documents for validation: a seeded random ``val_fraction`` of them, at least one each side."""
-    order = np.random.default_rng(seed).permutation(len(docs))
-    n_val = min(len(docs) - 1, max(1, math.ceil(val_fraction * len(docs))))
-    return [docs[i] for i in order[n_val:]], [docs[i] for i in order[:n_val]]
-
-
-class PackedSequences(Dataset):
-    """Rows of a packed ``[n, seq_length]`` token array, each as a batch-ready dict."""
-
-    def __init__(self, rows: np.ndarray, pad_id: int) -> None:
-        self.rows = rows
-        self.pad_id = pad_id
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        input_ids = torch.from_numpy(self.rows[index].astype(np.int64))
-        return {"input_ids": input_ids, "attention_mask": (input_ids != self.pad_id).long()}
+STORE_VERSION = 2  # bump when the store layout, cleaning or packing changes, so caches rebuild
 
 
 class PretrainingDataModule(L.LightningDataModule):
-    """Pretraining data: read, tokenize and pack a corpus once into a cached store, then serve it for training.
+    """Pretraining data: read, clean, deduplicate, tokenize and pack a corpus once into a cached store, then stream it
+    for exactly one pass per epoch (every row once across workers and ranks, resumable mid-epoch).
 
     Args:
-        paths: Text files, folders (searched recursively for .txt/.md/.rst) or globs. None uses the embedded default
-            corpus: the English documentation and docstrings shipped with Python itself.
-        split: How files become documents: 'file' (one document per file) or 'paragraph' (per blank-line paragraph).
-        tokenizer: Which tokenizer to load, or how to train one.
-        seq_length: Tokens per training sequence, [CLS] included.
+        paths: Files, folders or globs: text (.txt .md .rst, also .gz), JSONL (`text` field), Parquet, or folders saved
+            by HuggingFace `datasets`. With neither `paths` nor `sources`, the embedded default corpus is used: the
+            English documentation and docstrings shipped with Python itself.
+        sources: Several sources with their own format, text field and mixing weight (see SourceConfig); added to
+            `paths`.
+        split: How text becomes documents: 'file' (a text file or a JSONL/Parquet record is one document), 'paragraph'
+            (each blank-line paragraph), or 'line' (each non-empty line).
+        cleaning: Unicode normalisation, case, length and junk filters.
+        dedup: Exact and near-duplicate removal.
+        tokenizer: Which tokenizer to load, or which kind to train.
+        seq_length: Tokens per training row, [CLS] / <s> included.
+        cross_documents: Let a document continue into the next row (encoders); False keeps rows within document
+            boundaries, padding the rest (an option for decoders).
         val_fraction: Fraction of documents held out for validation (by document: no validation text is trained on).
-        batch_size: Sequences per micro-batch.
+        batch_size: Rows per micro-batch on each device.
         num_workers: DataLoader worker processes.
-        seed: Seed of the train/validation split and of the shuffling.
-        cache_dir: Where prepared data is cached; None uses $LIT_LM_CACHE or ~/.cache/lit-lm.
+        num_proc: Processes used to clean and hash text while building the store; None uses every core.
+        seed: Seed of the validation split, the source-weight sampling and the per-epoch shuffle.
+        cache_dir: Where stores are cached; None uses $LIT_LM_CACHE or ~/.cache/lit-lm.
+        progress: Show progress bars while building the store.
     """
 
     def __init__(
         self,
         paths: list[str] | None = None,
+        sources: list[SourceConfig] | None = None,
         split: DocumentSplit = "file",
+        cleaning: CleaningConfig = CleaningConfig(),
+        dedup: DedupConfig = DedupConfig(),
         tokenizer: TokenizerConfig = TokenizerConfig(),
         seq_length: int = 128,
+        cross_documents: bool = True,
         val_fraction: float = 0.05,
         batch_size: int = 32,
         num_workers: int = 0,
+        num_proc: int | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if seq_length < 8:
             raise ValueError(f"data.seq_length must be at least 8, got {seq_length}.")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError("data.batch_size must be >= 1 and data.num_workers >= 0.")
+        if batch_size < 1 or num_workers < 0 or (num_proc is not None and num_proc < 1):
+            raise ValueError("data.batch_size and data.num_proc must be >= 1 and data.num_workers >= 0.")
+        if split not in ("file", "paragraph", "line"):
+            raise ValueError(f"data.split must be 'file', 'paragraph' or 'line', got {split!r}.")
         if paths is not None and len(paths) == 0:
             raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default corpus.")
-        self.paths = paths
-        self.split = split
-        self.tokenizer_config = tokenizer
-        self.seq_length = seq_length
-        self.val_fraction = val_fraction
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
+        self.paths, self.sources, self.split = paths, sources, split
+        self.cleaning, self.dedup, self.tokenizer_config = cleaning, dedup, tokenizer
+        self.seq_length, self.cross_documents, self.val_fraction = seq_length, cross_documents, val_fraction
+        self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
+        self.num_proc = num_proc or os.cpu_count() or 1
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.card: dict = {}
+        self._resume: dict | None = None
+        self._sampler: ExactlyOnceSampler | None = None
 
     # ---- what the model needs to know, read by the CLI's argument links ----
     @cached_property
@@ -129,119 +109,110 @@ class PretrainingDataModule(L.LightningDataModule):
         return self.special_tokens.pad
 
     @property
-    def mask_token_id(self) -> int:
+    def mask_token_id(self) -> int | None:
+        """[MASK] / <mask>; None for tokenizers without one (GPT-2's): a masked-LM then stops with a clear error."""
         return self.special_tokens.mask
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.special_tokens.bos
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.special_tokens.eos
 
     @property
     def special_token_ids(self) -> list[int]:
         return self.special_tokens.ids
 
     # ---- building the store ----
-    def _files(self) -> list[Path] | None:
-        return None if self.paths is None else resolve_paths(self.paths)
+    def recipe(self) -> Recipe:
+        specs = list(self.sources or [])
+        if self.paths is not None:
+            specs.insert(0, SourceConfig(paths=list(self.paths)))
+        sources = [(s, resolve_paths(s.paths) if s.paths else []) for s in specs] or None
+        return Recipe(sources, self.split, self.cleaning, self.dedup, self.tokenizer_config, self.seq_length,
+                      self.val_fraction, self.seed, self.cross_documents)
 
-    def _settings(self, files: list[Path] | None) -> dict:
-        corpus = default_corpus.fingerprint() if files is None else fingerprint(files)
-        return {
-            "version": STORE_VERSION, "corpus": corpus, "split": self.split, "tokenizer": asdict(self.tokenizer_config),
-            "seq_length": self.seq_length, "val_fraction": self.val_fraction, "seed": self.seed,
-        }
+    @staticmethod
+    def settings(recipe: Recipe) -> dict:
+        """Everything that shaped the store: its cache key is a hash of this."""
+        corpus = (default_corpus.fingerprint() if recipe.sources is None else
+                  [fingerprint(s, files) for s, files in recipe.sources])
+        tokenizer = asdict(recipe.tokenizer)
+        if recipe.tokenizer.path:  # a given tokenizer: its content matters, not only its path
+            file = Path(recipe.tokenizer.path).expanduser()
+            file = file / "tokenizer.json" if file.is_dir() else file
+            tokenizer["content"] = file.stat().st_mtime_ns if file.is_file() else None
+        return {"version": STORE_VERSION, "corpus": corpus, "split": recipe.split, "cleaning": asdict(recipe.cleaning),
+                "dedup": asdict(recipe.dedup), "tokenizer": tokenizer, "seq_length": recipe.seq_length,
+                "val_fraction": recipe.val_fraction, "seed": recipe.seed, "cross_documents": recipe.cross_documents}
 
     @cached_property
     def store_dir(self) -> Path:
         """The cached store for these settings, built on first use (under a lock, atomically)."""
-        files = self._files()
-        final = self.cache_dir / "stores" / cache_key(self._settings(files))
+        start = time.perf_counter()
+        recipe = self.recipe()
+        final = self.cache_dir / "stores" / cache_key(self.settings(recipe))
         with build_lock(final):
             if (final / "card.json").is_file():
-                self.card = {**json.loads((final / "card.json").read_text()), "cache_hit": True, "seconds": 0.0}
+                card, hit = json.loads((final / "card.json").read_text()), True
             else:
-                self.card = self._build(files, final)
-        rank_zero_info(f"data: {'reusing' if self.card['cache_hit'] else 'built'} {final}\ndata card: {json.dumps(self.card)}")
+                with atomic_directory(final) as tmp:
+                    card, hit = build_store(recipe, tmp, self.num_proc, self.progress), False
+        self.card = {**card, "cache_hit": hit, "seconds": round(time.perf_counter() - start, 3), "store": str(final)}
+        rank_zero_info(f"data: {'reusing' if hit else 'built'} {final}")
+        rank_zero_info(f"data card: {json.dumps(self.card)}")
         return final
-
-    def _documents(self, files: list[Path] | None, stats: CorpusStats) -> list[str]:
-        if files is None:
-            docs = list(default_corpus.documents())
-            stats.docs = len(docs)
-        else:
-            docs = list(read_documents(files, self.split, stats))
-        if not docs:
-            where = "the embedded default corpus" if files is None else f"{len(files)} file(s) in data.paths"
-            raise CorpusError(f"{where} yielded no text: every file is empty or blank. Point data.paths at text.")
-        if len(docs) < 2:
-            raise CorpusError(
-                "data.paths holds a single document, so none can be held out for validation; "
-                "set data.split: paragraph, or add files."
-            )
-        return docs
-
-    def _build(self, files: list[Path] | None, final: Path) -> dict:
-        start = time.perf_counter()
-        stats = CorpusStats()
-        docs = self._documents(files, stats)
-        train_docs, val_docs = split_documents(docs, self.val_fraction, self.seed)
-        cfg = self.tokenizer_config
-        if cfg.path is not None:
-            tokenizer = load_tokenizer(cfg.path)
-        else:
-            log.info("training a WordPiece tokenizer (vocab %d) on %d documents", cfg.vocab_size, len(train_docs))
-            tokenizer = train_wordpiece(train_docs, cfg.vocab_size, cfg.lowercase, cfg.min_frequency)
-        special = SpecialTokens.from_tokenizer(tokenizer)
-        dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
-        with atomic_directory(final) as tmp:
-            arrays = {}
-            for name, part in (("train", train_docs), ("val", val_docs)):
-                encoded = (
-                    enc.ids
-                    for i in range(0, len(part), ENCODE_CHUNK)
-                    for enc in tokenizer.encode_batch(part[i : i + ENCODE_CHUNK], add_special_tokens=False)
-                )
-                arrays[name] = pack(encoded, self.seq_length, special.cls, special.sep, special.pad, dtype,
-                                    pad_last=name == "val")
-                np.save(tmp / f"{name}.npy", arrays[name])
-            if len(arrays["train"]) == 0:
-                raise CorpusError(
-                    f"the training split has fewer than data.seq_length ({self.seq_length}) tokens; "
-                    "add text to data.paths or lower data.seq_length."
-                )
-            tokenizer.save(str(tmp / "tokenizer.json"))
-            card = {
-                "files": stats.files, "bytes": stats.bytes, "replaced_bytes": stats.replaced_bytes,
-                "docs_in": stats.docs, "docs_out": len(docs), "train_docs": len(train_docs), "val_docs": len(val_docs),
-                "tokens": int(sum(int((a != special.pad).sum()) for a in arrays.values())),
-                "sequences": int(sum(len(a) for a in arrays.values())),
-                "train_sequences": len(arrays["train"]), "val_sequences": len(arrays["val"]),
-                "seq_length": self.seq_length, "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            (tmp / "card.json").write_text(json.dumps(card, indent=1))
-        return {**card, "cache_hit": False}
 
     def prepare_data(self) -> None:
         _ = self.store_dir
 
     # ---- serving ----
     def setup(self, stage: str) -> None:
-        load = lambda name: np.load(self.store_dir / f"{name}.npy", mmap_mode="r")  # noqa: E731
-        self.train_set = PackedSequences(load("train"), self.pad_token_id)
-        self.val_set = PackedSequences(load("val"), self.pad_token_id)
-        if len(self.train_set) < self.batch_size:
+        self.train_store = TokenStore(self.store_dir / "train")
+        self.val_store = TokenStore(self.store_dir / "val")
+        world = self.trainer.world_size if self.trainer else 1
+        if len(self.train_store) < self.batch_size * world:
             raise CorpusError(
-                f"the training split holds {len(self.train_set)} sequences, fewer than data.batch_size "
-                f"({self.batch_size}); add text to data.paths or lower data.batch_size."
+                f"the training split holds {len(self.train_store)} rows, fewer than one batch (data.batch_size "
+                f"{self.batch_size} x {world} device(s)); add text to data.paths or lower data.batch_size."
             )
+        if stage == "fit" and self.trainer is not None:
+            for logger in self.trainer.loggers:  # the data card on the dashboard, next to the config
+                logger.log_hyperparams({"data_card": self.card})
 
     def train_dataloader(self) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        resume = self._resume or {}
+        self._sampler = ExactlyOnceSampler(
+            len(self.train_store), self.batch_size, world, rank, start_epoch=resume.get("epoch", 0),
+            start_position=resume.get("position", 0), start_batches=resume.get("batches", 0))
         if self.num_workers:  # tokenizing is done; silence the tokenizers fork warning in the workers
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0,
-        )
+        return ResumableDataLoader(StoreBatches(self.train_store, self.batch_size, self.seed), batch_size=None,
+                                   sampler=self._sampler, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(StoreRows(self.val_store), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    # ---- resuming mid-epoch: Lightning stores this in checkpoints ----
+    def state_dict(self) -> dict:
+        if self.trainer is None or self._sampler is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches trained this epoch
+        return {"epoch": self.trainer.current_epoch, "position": self._sampler.position_after(done), "batches": done,
+                "rows": len(self.train_store), "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state.get("rows") != len(TokenStore(self.store_dir / "train")) or state.get("seed") != self.seed:
+            rank_zero_warn("data: the checkpoint was trained on another store or seed; the data stream restarts at "
+                           "the beginning of the epoch instead of where the checkpoint stopped.")
+            return
+        self._resume = state

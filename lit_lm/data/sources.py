@@ -1,24 +1,89 @@
-"""Where pretraining text comes from: files, folders and globs of plain text."""
+"""Where pretraining text comes from: text files (also .gz), JSONL, Parquet, HuggingFace datasets, the default corpus.
+
+A source is read as a stream of *raw blocks* (a whole text file, a slice of a large one cut at a line or paragraph
+boundary, a run of JSONL lines, or a batch of already-decoded records); turning blocks into clean documents happens
+in `lit_lm.data.pipeline`'s worker processes. Nothing here holds more than one block of one file in memory, except a
+text file read as a single document (`split: file`), which is one document by definition.
+"""
 
 import glob
+import gzip
+import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lit_lm.data.text import decode, split_paragraphs
+from lit_lm.data import default_corpus
 
-DocumentSplit = Literal["file", "paragraph"]
+SourceFormat = Literal["auto", "text", "jsonl", "parquet", "arrow"]
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ""}
+JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+PARQUET_SUFFIXES = {".parquet"}
+BLOCK_BYTES = 4 << 20  # read large text files in slices of about this size
+
+# A raw block: (kind, payload). kind "text": bytes of a whole text file; "text-part": bytes of a slice of one, cut at a
+# boundary the document split never crosses; "jsonl": bytes of whole JSON lines; "records": a list of str.
+Block = tuple[str, bytes | list[str]]
 
 
 class CorpusError(ValueError):
     """The corpus the user pointed at cannot be used; the message says which setting to change."""
 
 
+@dataclass
+class SourceConfig:
+    """One source of text. Give `paths` (files, folders, globs) or a HuggingFace dataset `name`."""
+
+    paths: list[str] | None = None
+    """Files, folders (searched recursively) or globs: text (.txt .md .rst, also .gz), JSONL, Parquet, or a folder
+    written by HuggingFace `datasets`' save_to_disk."""
+    name: str | None = None
+    """A HuggingFace hub dataset name, streamed with `datasets.load_dataset` (needs `datasets` and a reachable hub)."""
+    subset: str | None = None
+    """The hub dataset's configuration name, e.g. 'wikitext-103-raw-v1'."""
+    hf_split: str = "train"
+    """Which split of a hub dataset or of a saved DatasetDict folder to read."""
+    format: SourceFormat = "auto"
+    """How to read the files; 'auto' decides by suffix (.jsonl/.ndjson/.json, .parquet, .arrow folders, else text)."""
+    text_field: str = "text"
+    """The field holding the text in JSONL, Parquet and dataset records."""
+    weight: float = 1.0
+    """Mixing weight: each kept document of this source is used `weight` times (0.5 keeps a seeded half, 2 doubles)."""
+
+    def __post_init__(self) -> None:
+        if (self.paths is None) == (self.name is None):
+            raise CorpusError("each entry of data.sources needs exactly one of `paths` or `name`.")
+        if self.paths is not None and len(self.paths) == 0:
+            raise CorpusError("data.sources: `paths` is an empty list; give files, folders or globs.")
+        if not self.weight > 0:
+            raise CorpusError(f"data.sources: weight must be > 0, got {self.weight}.")
+
+
+def _suffixes(path: Path) -> tuple[str, bool]:
+    """The format-deciding suffix of a file and whether it is gzip-compressed (``x.jsonl.gz`` -> ``.jsonl``, True)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        return (suffixes[-2] if len(suffixes) > 1 else ""), True
+    return (suffixes[-1] if suffixes else ""), False
+
+
+def is_arrow_dataset(path: Path) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict of them)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _readable(path: Path) -> bool:
+    suffix, _ = _suffixes(path)
+    return suffix in TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
+
+
 def resolve_paths(paths: Sequence[str]) -> list[Path]:
-    """Expand files, folders (recursively, text files only) and globs into a sorted, de-duplicated file list."""
+    """Expand files, folders (recursively, readable files only) and globs into a sorted, de-duplicated list.
+
+    A folder saved by HuggingFace `datasets` is kept as one entry (it is read as a dataset, not as files).
+    """
     found: set[Path] = set()
     for spec in paths:
         spec = os.path.expanduser(str(spec))
@@ -27,11 +92,14 @@ def resolve_paths(paths: Sequence[str]) -> list[Path]:
             raise CorpusError(f"data.paths: the glob {spec!r} matches no file.")
         for match in matches:
             path = Path(match)
-            if path.is_dir():
-                files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+            if is_arrow_dataset(path):
+                found.add(path)
+            elif path.is_dir():
+                files = [p for p in path.rglob("*") if p.is_file() and _readable(p)
                          and not any(part.startswith(".") for part in p.relative_to(path).parts)]
                 if not files:
-                    raise CorpusError(f"data.paths: the folder {str(path)!r} holds no text file (.txt, .md, .rst).")
+                    raise CorpusError(f"data.paths: the folder {str(path)!r} holds no text, JSONL or Parquet file "
+                                      "(.txt .md .rst .jsonl .parquet, optionally .gz).")
                 found.update(files)
             elif path.is_file():
                 found.add(path)
@@ -40,32 +108,137 @@ def resolve_paths(paths: Sequence[str]) -> list[Path]:
     return sorted(p.resolve() for p in found)
 
 
-@dataclass
-class CorpusStats:
-    files: int = 0
-    bytes: int = 0
-    replaced_bytes: int = 0
-    docs: int = 0
-    per_file_docs: dict[str, int] = field(default_factory=dict)
+def file_format(path: Path, declared: SourceFormat = "auto") -> str:
+    if declared != "auto":
+        return declared
+    if is_arrow_dataset(path):
+        return "arrow"
+    suffix, _ = _suffixes(path)
+    return "jsonl" if suffix in JSONL_SUFFIXES else "parquet" if suffix in PARQUET_SUFFIXES else "text"
 
 
-def read_documents(files: Sequence[Path], split: DocumentSplit, stats: CorpusStats) -> Iterator[str]:
-    """Documents from text files: one per file, or one per blank-line paragraph. Empty ones are skipped."""
-    if split not in ("file", "paragraph"):
-        raise CorpusError(f"data.split must be 'file' or 'paragraph', got {split!r}.")
+def _open(path: Path):
+    return gzip.open(path, "rb") if _suffixes(path)[1] else open(path, "rb")
+
+
+def _cut(buffer: bytes, separators: tuple[bytes, ...]) -> int:
+    """Index just after the last separator in ``buffer`` (0 if none): where a block may end."""
+    return max((i + len(s) for s in separators if (i := buffer.rfind(s)) >= 0), default=0)
+
+
+def _blocks(path: Path, separators: tuple[bytes, ...], kind: str) -> Iterator[Block]:
+    """A file in slices of about BLOCK_BYTES, each ending just after a separator (a line or paragraph break)."""
+    with _open(path) as f:
+        buffer = b""
+        while chunk := f.read(BLOCK_BYTES):
+            buffer += chunk
+            end = _cut(buffer, separators)
+            if end:
+                yield kind, buffer[:end]
+                buffer = buffer[end:]
+        if buffer:
+            yield kind, buffer
+
+
+def read_text_file(path: Path, split: str) -> Iterator[Block]:
+    if split == "file":  # one document: read whole
+        with _open(path) as f:
+            yield "text", f.read()
+        return
+    separators = (b"\n\n", b"\r\n\r\n", b"\r\r") if split == "paragraph" else (b"\n", b"\r")
+    yield from _blocks(path, separators, "text-part")
+
+
+def read_parquet(path: Path, text_field: str) -> Iterator[Block]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise CorpusError(f"data.paths: reading {path.name} needs pyarrow (pip install pyarrow).") from err
+    file = pq.ParquetFile(path)
+    if text_field not in file.schema_arrow.names:
+        raise CorpusError(f"data: {str(path)!r} has no column {text_field!r} (columns: {file.schema_arrow.names}); "
+                          "set text_field in data.sources.")
+    for batch in file.iter_batches(columns=[text_field], batch_size=2048):
+        yield "records", [t for t in batch.column(0).to_pylist() if t]
+
+
+def read_arrow_dataset(path: Path, text_field: str, split: str) -> Iterator[Block]:
+    """A folder saved by `datasets` (Arrow IPC stream files listed in state.json), read with pyarrow alone."""
+    import pyarrow as pa
+
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if split not in splits:
+            raise CorpusError(f"data: the saved dataset {str(path)!r} has splits {splits}, not {split!r}; set hf_split.")
+        path = path / split
+    state = json.loads((path / "state.json").read_text())
+    for entry in state["_data_files"]:
+        with pa.memory_map(str(path / entry["filename"])) as source:
+            reader = pa.ipc.open_stream(source)
+            if text_field not in reader.schema.names:
+                raise CorpusError(f"data: the saved dataset {str(path)!r} has no column {text_field!r} "
+                                  f"(columns: {reader.schema.names}); set text_field in data.sources.")
+            for batch in reader:
+                yield "records", [t for t in batch.column(text_field).to_pylist() if t]
+
+
+def read_hub_dataset(source: SourceConfig) -> Iterator[Block]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise CorpusError(f"data.sources: the hub dataset {source.name!r} needs the `datasets` package "
+                          "(pip install datasets); or save it with save_to_disk and give its folder in paths.") from err
+    try:
+        stream = datasets.load_dataset(source.name, source.subset, split=source.hf_split, streaming=True)
+        batch: list[str] = []
+        for record in stream:
+            if text := record.get(source.text_field):
+                batch.append(text)
+            if len(batch) == 2048:
+                yield "records", batch
+                batch = []
+        if batch:
+            yield "records", batch
+    except (ConnectionError, OSError, ValueError) as err:
+        raise CorpusError(f"data.sources: cannot read the hub dataset {source.name!r} ({err}). Without a reachable "
+                          "hub, save it with save_to_disk elsewhere and give its folder in paths.") from err
+
+
+def read_source(source: SourceConfig, files: Sequence[Path], split: str) -> Iterator[Block]:
+    """Every raw block of one source, in a fixed order."""
+    if source.name is not None:
+        yield from read_hub_dataset(source)
+        return
     for path in files:
-        raw = path.read_bytes()
-        decoded = decode(raw)
-        stats.files += 1
-        stats.bytes += len(raw)
-        stats.replaced_bytes += decoded.replaced_bytes
-        docs = [decoded.text.strip()] if split == "file" else split_paragraphs(decoded.text)
-        docs = [d for d in docs if d]
-        stats.docs += len(docs)
-        stats.per_file_docs[str(path)] = len(docs)
-        yield from docs
+        fmt = file_format(path, source.format)
+        if fmt == "text":
+            yield from read_text_file(path, split)
+        elif fmt == "jsonl":
+            yield from _blocks(path, (b"\n",), "jsonl")
+        elif fmt == "parquet":
+            yield from read_parquet(path, source.text_field)
+        elif fmt == "arrow":
+            yield from read_arrow_dataset(path, source.text_field, source.hf_split)
+        else:
+            raise CorpusError(f"data.sources: unknown format {fmt!r}; use auto, text, jsonl, parquet or arrow.")
 
 
-def fingerprint(files: Sequence[Path]) -> list[tuple[str, int, int]]:
-    """What identifies a set of files for caching: path, size and modification time of each."""
-    return [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
+def read_default_corpus() -> Iterator[Block]:
+    batch: list[str] = []
+    for doc in default_corpus.documents():
+        batch.append(doc)
+        if len(batch) == 512:
+            yield "records", batch
+            batch = []
+    if batch:
+        yield "records", batch
+
+
+def fingerprint(source: SourceConfig, files: Sequence[Path]) -> dict:
+    """What identifies a source for caching: its settings and each file's path, size and modification time."""
+    def stat(p: Path) -> tuple:
+        if p.is_dir():  # a saved dataset: its files
+            return (str(p), sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file()))
+        return (str(p), (st := p.stat()).st_size, st.st_mtime_ns)
+    settings = {k: v for k, v in vars(source).items() if k != "paths"}
+    return {**settings, "files": [stat(p) for p in files]}

@@ -38,7 +38,7 @@ class MaskedLMModule(L.LightningModule):
         mask_token_fraction: float = 0.8,
         random_token_fraction: float = 0.1,
         special_token_ids: list[int] | None = None,
-        mask_token_id: int = 4,
+        mask_token_id: int | None = 4,
         seq_length: int = 128,
         val_mask_seed: int = 1234,
         compile: bool = False,
@@ -56,6 +56,11 @@ class MaskedLMModule(L.LightningModule):
             raise ValueError(
                 f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
                 f"({config.max_position_embeddings}); lower the first or raise the second."
+            )
+        if mask_token_id is None:
+            raise ValueError(
+                "the tokenizer has no mask token ([MASK] or <mask>), which masked-LM pretraining needs; use a BERT or "
+                "RoBERTa style tokenizer (data.tokenizer.special_tokens: bert or roberta)."
             )
         special = sorted(set(special_token_ids or [config.pad_token_id, mask_token_id]))
         if not all(0 <= i < config.vocab_size for i in [*special, mask_token_id]):

@@ -1,37 +1,60 @@
 import numpy as np
 import pytest
 
-from lit_lm.data.packing import pack, token_dtype
+from lit_lm.data.packing import Packer, pack, token_dtype
 
 CLS, SEP, PAD = 2, 3, 0
+U16 = np.dtype(np.uint16)
 
 
 def test_rows_start_with_cls_and_documents_end_with_sep():
     docs = [[10, 11, 12], [20, 21], [30, 31, 32, 33]]
-    rows = pack(docs, seq_length=4, cls_id=CLS, sep_id=SEP, pad_id=PAD, dtype=np.dtype(np.uint16))
+    rows = pack(docs, 4, SEP, PAD, U16, row_start=CLS)
     # stream: 10 11 12 SEP 20 21 SEP 30 31 32 33 SEP -> 12 tokens -> 4 rows of 3 (+CLS)
     assert rows.tolist() == [[2, 10, 11, 12], [2, 3, 20, 21], [2, 3, 30, 31], [2, 32, 33, 3]]
     assert rows.dtype == np.uint16
 
 
+def test_decoder_rows_have_no_row_start():
+    rows = pack([[10, 11, 12], [20]], 3, SEP, PAD, U16)
+    assert rows.tolist() == [[10, 11, 12], [3, 20, 3]]
+
+
 def test_tail_is_dropped_or_padded():
-    docs = [[10, 11, 12, 13, 14]]  # stream of 6 tokens, rows hold 3 + CLS
-    dropped = pack(docs, 4, CLS, SEP, PAD, np.dtype(np.uint16))
-    assert dropped.tolist() == [[2, 10, 11, 12], [2, 13, 14, 3]]
-    docs = [[10, 11, 12, 13]]  # stream of 5
-    assert pack(docs, 4, CLS, SEP, PAD, np.dtype(np.uint16)).tolist() == [[2, 10, 11, 12]]
-    padded = pack(docs, 4, CLS, SEP, PAD, np.dtype(np.uint16), pad_last=True)
+    docs = [[10, 11, 12, 13]]  # stream of 5, rows hold 3 + CLS
+    assert pack(docs, 4, SEP, PAD, U16, row_start=CLS).tolist() == [[2, 10, 11, 12]]
+    padded = pack(docs, 4, SEP, PAD, U16, row_start=CLS, pad_last=True)
     assert padded.tolist() == [[2, 10, 11, 12], [2, 13, 3, 0]]
 
 
-def test_every_token_survives_packing_in_order():
+def test_every_token_survives_streaming_packing_in_order():
     rng = np.random.default_rng(0)
     docs = [rng.integers(5, 5000, rng.integers(1, 300)).tolist() for _ in range(50)]
-    rows = pack(docs, 64, CLS, SEP, PAD, np.dtype(np.uint16), pad_last=True)
+    packer = Packer(64, SEP, PAD, U16, row_start=CLS)
+    parts = [packer.add(docs[i : i + 7]) for i in range(0, 50, 7)] + [packer.finish(pad_last=True)]
+    rows = np.concatenate([r for r, _ in parts])
+    lengths = np.concatenate([n for _, n in parts])
     stream = rows[:, 1:].reshape(-1)
     expected = np.concatenate([np.append(d, SEP) for d in docs])
     assert np.array_equal(stream[: len(expected)], expected)
     assert (stream[len(expected):] == PAD).all()
+    assert (lengths[:-1] == 64).all() and lengths[-1] == 1 + len(expected) - 63 * (len(rows) - 1)
+
+
+def test_rows_never_cross_a_document_boundary_when_asked():
+    docs = [[10, 11], [20, 21, 22], [30] * 9, [40]]
+    packer = Packer(5, SEP, PAD, U16, row_start=CLS, cross_documents=False)  # bodies of 4
+    rows, lengths = packer.add(docs)
+    tail, tail_lengths = packer.finish(pad_last=False)
+    rows, lengths = np.concatenate([rows, tail]), np.concatenate([lengths, tail_lengths])
+    assert rows.tolist() == [
+        [2, 10, 11, 3, 0],        # [20 21 22 SEP] does not fit after [10 11 SEP]: new row, rest padded
+        [2, 20, 21, 22, 3],
+        [2, 30, 30, 30, 30],      # a document longer than a row fills rows of its own
+        [2, 30, 30, 30, 30],
+        [2, 30, 3, 40, 3],
+    ]
+    assert lengths.tolist() == [4, 5, 5, 5, 5]
 
 
 def test_token_dtype_widens_for_large_vocabularies():
@@ -41,4 +64,4 @@ def test_token_dtype_widens_for_large_vocabularies():
 
 def test_too_short_rows_are_rejected():
     with pytest.raises(ValueError, match="seq_length"):
-        pack([[1]], 1, CLS, SEP, PAD, np.dtype(np.uint16))
+        Packer(1, SEP, PAD, U16, row_start=CLS)
