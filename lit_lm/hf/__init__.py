@@ -233,7 +233,10 @@ def load_pretrained(folder: str | Path, training_config: TransformerConfig | Non
 def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
     from safetensors.torch import load_file
 
-    state = {k.removeprefix("model."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    files = sorted(folder.glob("*.safetensors"))  # one file, or shards of a large model
+    if not files:
+        raise FileNotFoundError(f"init_from: {folder} has no *.safetensors weights.")
+    state = {k.removeprefix("model."): v for file in files for k, v in load_file(str(file)).items()}
     if model.config.tie_embeddings:  # saved once, under one of the two names
         state.setdefault("head.decoder.weight", state.get("encoder.token_embedding.weight"))
         state.setdefault("encoder.token_embedding.weight", state.get("head.decoder.weight"))
@@ -242,6 +245,7 @@ def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
 
 def read_checkpoint(path: str | Path) -> EncoderForMaskedLM:
     """The model inside a lit-lm Lightning checkpoint (``MaskedLMModule``: config in the hyperparameters)."""
+    # weights_only=False: Lightning stores the hyperparameters as Python objects; this is the user's own run
     checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
     config = checkpoint.get("hyper_parameters", {}).get("config")
     if config is None:

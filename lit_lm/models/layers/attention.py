@@ -77,7 +77,11 @@ class SelfAttention(nn.Module):
         if self.qkv_conv is not None:
             qkv = self.qkv_conv(qkv, token_mask)
         q, k, v = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        bias = self.relative(q, k, relative, self.qkv) if self.relative is not None else None
+        bias = None
+        if self.relative is not None:
+            if relative is None:
+                raise ValueError("disentangled attention needs the model's relative position embeddings (relative=)")
+            bias = self.relative(q, k, relative, self.qkv)
         allowed = key_mask
         explicit = need_weights or self.talking_heads is not None
         if self.causal and (allowed is not None or bias is not None or explicit):

@@ -19,7 +19,8 @@ class DepthwiseSequenceConv(nn.Module):
     def __init__(self, channels: int, kernel_size: int, causal: bool = False, bias: bool = True) -> None:
         super().__init__()
         if not causal and kernel_size % 2 == 0:
-            raise ValueError(f"model config: a non-causal sequence convolution needs an odd kernel, got {kernel_size}.")
+            raise ValueError(f"model config: qkv_conv_kernel_size must be odd in an encoder (centred on each token), "
+                             f"got {kernel_size}.")
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
         self.padding = (kernel_size - 1, 0) if causal else (kernel_size // 2, kernel_size // 2)
 
