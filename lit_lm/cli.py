@@ -2,13 +2,17 @@
 
 import os
 from pathlib import Path
+from typing import Literal, Optional, Union
 from urllib.parse import urlparse
 
 import lightning as L
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_lm.callbacks.precision import AUTO, auto_precision
 
 # Field docstrings of the config dataclasses become the --help text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -64,6 +68,22 @@ class SaveRunConfig(SaveConfigCallback):
             trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False, format="json")})
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer, whose ``precision`` also takes ``auto``: the fastest mixed precision this hardware has
+    (bf16-mixed on Ampere+ GPUs and AVX512-BF16/AMX CPUs, 16-mixed on older GPUs, 32-true otherwise)."""
+
+    def __init__(self, *args, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None, **kwargs) -> None:
+        if precision == AUTO:  # the CLI resolves it before building the Trainer; this covers use from Python
+            precision = resolve_auto_precision(kwargs.get("accelerator", "auto"))
+        super().__init__(*args, precision=precision, **kwargs)
+
+
+def resolve_auto_precision(accelerator: object) -> str:
+    precision, reason = auto_precision(accelerator)
+    rank_zero_info(f"precision: auto -> {precision} ({reason})")
+    return precision
+
+
 class LitLMCLI(LightningCLI):
     """``train.py fit|validate|test --config recipe.yaml``: a LightningCLI that links data settings into the model."""
 
@@ -72,6 +92,7 @@ class LitLMCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("auto_configure_optimizers", False)  # the module builds AdamW with its decay groups
+        kwargs.setdefault("trainer_class", Trainer)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -80,6 +101,8 @@ class LitLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
+            config.trainer.precision = resolve_auto_precision(config.trainer.accelerator)
         loggers = config.trainer.logger
         loggers = loggers if isinstance(loggers, list) else [loggers]
         uses_wandb = any("WandbLogger" in str(getattr(lg, "class_path", "")) for lg in loggers)

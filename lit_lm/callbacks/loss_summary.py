@@ -11,8 +11,15 @@ class LossSummary(Callback):
     def __init__(self, metric: str = "train/loss") -> None:
         self.metric = metric
         self.losses: list[float] = []
+        self._last_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:
+            return  # still accumulating gradients: one value per optimizer step
+        self._last_step = trainer.global_step
         value = trainer.callback_metrics.get(self.metric)
         if value is not None:
             self.losses.append(float(value))

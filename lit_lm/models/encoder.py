@@ -107,8 +107,9 @@ class Encoder(nn.Module):
 
 def prediction_count(positions: int, rate: float) -> int:
     """How many positions sparse prediction keeps for a batch of ``positions``: the expected number of labelled
-    ones at ``rate`` plus 4 standard deviations, so that hardly ever is a labelled position left out."""
-    return min(positions, math.ceil(rate * positions + 4 * math.sqrt(positions * rate * (1 - rate))))
+    ones at ``rate`` plus 3 standard deviations. About one batch in 700 has more (its extra labelled positions are
+    left out of that step's loss); 2048 positions at rate 0.15 keep 356, 16% more than the expected 307."""
+    return min(positions, math.ceil(rate * positions + 3 * math.sqrt(positions * rate * (1 - rate))))
 
 
 def select_predictions(

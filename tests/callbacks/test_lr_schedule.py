@@ -1,8 +1,9 @@
-import lightning as L
 import pytest
-import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_lm.callbacks import OneCycleLR
+from lit_lm.callbacks.progress import training_progress
+from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
 
 
 def test_triangle_rises_to_the_peak_at_half_and_falls_to_zero():
@@ -18,31 +19,58 @@ def test_bert_style_short_warmup_then_linear_decay_to_a_floor():
     assert s.factor(0.55) == pytest.approx(0.55)
 
 
-def test_rejects_out_of_range_fractions():
+def test_crammings_budget_triangle_starts_at_a_quarter_and_peaks_at_three_quarters():
+    s = OneCycleLR(warmup_fraction=0.75, initial_lr_ratio=0.25, key="time")
+    assert [s.factor(p) for p in (0.0, 0.375, 0.75, 0.875, 1.0)] == pytest.approx([0.25, 0.625, 1.0, 0.5, 0.0])
+
+
+def test_rejects_out_of_range_fractions_and_unknown_clocks():
     with pytest.raises(ValueError, match="warmup_fraction"):
         OneCycleLR(warmup_fraction=1.5)
-
-
-class Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-        self.lrs = []
-
-    def training_step(self, batch, batch_idx):
-        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
-        return self.layer(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(20, 2)), batch_size=1)
+    with pytest.raises(ValueError, match="key"):
+        OneCycleLR(key="epochs")
 
 
 def test_sets_the_learning_rate_every_step_in_a_real_fit(tmp_path):
-    model = Tiny()
-    trainer = L.Trainer(max_steps=10, callbacks=[OneCycleLR(0.5)], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    model = LinearOnTokens(lr=0.1)
+    quiet_trainer(tmp_path, max_steps=10, callbacks=[OneCycleLR(0.5)]).fit(model)
+    assert [s["lr"] for s in model.seen] == pytest.approx([0.1 * f for f in (0, .2, .4, .6, .8, 1, .8, .6, .4, .2)])
+
+
+def test_without_max_steps_progress_runs_over_the_epochs_batches(tmp_path):
+    model = LinearOnTokens(n_batches=10, lr=0.1)
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[OneCycleLR(0.5, key="steps")]).fit(model)
+    assert len(model.seen) == 20
+    assert [s["lr"] for s in model.seen] == pytest.approx([0.1 * OneCycleLR(0.5).factor(i / 20) for i in range(20)])
+
+
+def test_time_keyed_schedule_follows_the_budget_clock(tmp_path, monkeypatch):
+    """With a fake clock advancing 1 s per micro-batch and a 20 s budget, the rate follows elapsed/budget."""
+    clock = FakeClock(monkeypatch)
+    model = Ticking(clock, lr=0.1)
+    trainer = quiet_trainer(tmp_path, max_time={"seconds": 20}, callbacks=[OneCycleLR(0.5, key="time")])
     trainer.fit(model)
-    assert model.lrs == pytest.approx([0.1 * f for f in (0, .2, .4, .6, .8, 1, .8, .6, .4, .2)])
+    # at the start of micro-batch i, i seconds have passed (the tick happens inside the step); the Timer stops at 20
+    assert len(model.seen) == 20
+    assert [s["lr"] for s in model.seen] == pytest.approx([0.1 * OneCycleLR(0.5).factor(i / 20) for i in range(20)])
+    assert training_progress(trainer, "time") == 1.0
+
+
+def test_a_clock_that_is_not_configured_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="trainer.max_time"):
+        quiet_trainer(tmp_path, max_steps=3, callbacks=[OneCycleLR(key="time")]).fit(LinearOnTokens())
+
+
+def test_a_resumed_run_follows_the_configured_peak(tmp_path):
+    """Resuming (e.g. after a NaN) with a lower model.optimizer.lr lowers the schedule from there on."""
+    checkpoints = tmp_path / "checkpoints"
+
+    def callbacks():
+        return [OneCycleLR(0.5, key="steps"), ModelCheckpoint(dirpath=checkpoints, save_last=True)]
+
+    quiet_trainer(tmp_path, max_steps=4, max_epochs=-1, enable_checkpointing=True,
+                  callbacks=callbacks()).fit(LinearOnTokens(lr=0.1))
+    resumed = LinearOnTokens(lr=0.05)
+    quiet_trainer(tmp_path, max_steps=8, max_epochs=-1, enable_checkpointing=True, callbacks=callbacks()).fit(
+        resumed, ckpt_path=str(checkpoints / "last.ckpt"))
+    assert [s["lr"] for s in resumed.seen] == pytest.approx([0.05 * OneCycleLR(0.5).factor(i / 8) for i in range(4, 8)])

@@ -1,0 +1,50 @@
+"""The wall-clock budget: Lightning's Timer ends the run on time, drives the schedules, and survives a resume."""
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_lm.callbacks import BatchSizeRamp, OneCycleLR
+from lit_lm.callbacks.progress import budget_timer, training_progress
+from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
+
+
+def test_a_real_budget_ends_training_on_time(tmp_path):
+    model = LinearOnTokens(n_batches=10_000, step_seconds=0.02)
+    trainer = quiet_trainer(tmp_path, max_time={"seconds": 2}, callbacks=[OneCycleLR(0.5, key="time")])
+    trainer.fit(model)
+    elapsed = budget_timer(trainer).time_elapsed()
+    assert 2.0 <= elapsed < 5.0  # stops at the first batch end past the budget
+    assert len(model.seen) < 10_000
+    assert model.seen[-1]["lr"] < 0.1 * 0.25  # the time-keyed triangle is nearly down when time is up
+
+
+def test_the_budget_and_the_schedules_continue_across_a_resume(tmp_path, monkeypatch):
+    """20 fake seconds of budget, 1 s per micro-batch: 8 in a first run, 12 after resuming, the schedule unbroken."""
+    checkpoints = tmp_path / "checkpoints"
+
+    def run(max_steps, ckpt_path=None):
+        model = Ticking(clock, lr=0.1)
+        trainer = quiet_trainer(tmp_path, max_time={"seconds": 20}, max_steps=max_steps, enable_checkpointing=True,
+                                callbacks=[OneCycleLR(0.5, key="time"), BatchSizeRamp(8, 0.5, key="time"),
+                                           ModelCheckpoint(dirpath=checkpoints, save_last=True)])
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return model, trainer
+
+    clock = FakeClock(monkeypatch)
+    first, _ = run(max_steps=6)
+    clock.now = 0.0  # a new process: the clock means nothing; only the checkpoint's elapsed time counts
+    second, trainer = run(max_steps=-1, ckpt_path=str(checkpoints / "last.ckpt"))
+    seen = first.seen + second.seen
+    assert len(first.seen) == 8
+    assert len(seen) == 20  # the resumed run ends after the 12 seconds that were left
+    factors = [s["accumulation"] for s in seen]  # the ramp: towards 4 micro-batches over the first 10 s
+    assert factors == sorted(factors) and factors[0] == 1 and factors[-1] >= 3
+    assert second.seen[0]["accumulation"] >= first.seen[-1]["accumulation"] == 2  # restored, not restarted at 1
+    schedule = OneCycleLR(0.5)
+    window_starts = [i for i in range(20) if i == 0 or seen[i]["step"] != seen[i - 1]["step"]]
+    for start, end in zip(window_starts, window_starts[1:] + [20]):
+        window = seen[start:end]
+        assert seen[start]["batch_idx"] % len(window) == 0 and {s["accumulation"] for s in window} == {len(window)}
+        # the rate is set at each window's start from elapsed/budget: i seconds at micro-batch i, across the resume
+        assert [s["lr"] for s in window] == pytest.approx([0.1 * schedule.factor(start / 20)] * len(window))
+    assert training_progress(trainer, "time") == 1.0

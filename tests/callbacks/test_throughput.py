@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from lit_lm.callbacks import BatchSizeRamp, ThroughputMFU
+from lit_lm.callbacks.throughput import compute_dtype, count_tokens, measure_matmul_flops
+from tests.callbacks.helpers import LinearOnTokens, quiet_trainer
+
+SECONDS_PER_MICRO_BATCH, FLOPS_PER_MICRO_BATCH, PEAK = 0.5, 1e6, 4e6
+
+
+class FakePerfClock:
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr("lit_lm.callbacks.throughput.time", self)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Timed(LinearOnTokens):
+    """Each micro-batch takes exactly 0.5 s on the fake clock and costs 1 MFLOP."""
+
+    flops_per_batch = FLOPS_PER_MICRO_BATCH  # Lightning's convention for ThroughputMonitor
+
+    def __init__(self, clock, **kwargs):
+        super().__init__(**kwargs)
+        self.clock = clock
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += SECONDS_PER_MICRO_BATCH
+        return super().training_step(batch, batch_idx)
+
+
+def test_rates_and_mfu_are_right_while_the_batch_size_grows(tmp_path, monkeypatch):
+    clock = FakePerfClock(monkeypatch)
+    model = Timed(clock)
+    window = 4
+    perf = ThroughputMFU(window=window, peak_flops=PEAK)
+    trainer = quiet_trainer(tmp_path, max_steps=12, callbacks=[BatchSizeRamp(16, 0.5), perf])
+    trainer.fit(model)
+    steps = [[s for s in model.seen if s["step"] == i] for i in range(12)]
+    assert len(steps[0]) == 1 and len(steps[-1]) == 8  # the effective batch grew from 2 to 16 sequences
+    last = steps[-(window - 1):]  # a window of 4 updates spans the last 3 optimizer steps
+    micro_batches = sum(len(step) for step in last)
+    expected = sum(s["tokens"] for step in last for s in step) / (SECONDS_PER_MICRO_BATCH * micro_batches)
+    metrics = trainer.callback_metrics
+    assert float(metrics["perf/tokens_per_sec"]) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["perf/samples_per_sec"]) == pytest.approx(2 / SECONDS_PER_MICRO_BATCH, rel=1e-5)
+    assert float(metrics["perf/mfu"]) == pytest.approx(FLOPS_PER_MICRO_BATCH / SECONDS_PER_MICRO_BATCH / PEAK)
+    assert float(metrics["train/tokens_seen"]) == perf.tokens_seen == sum(s["tokens"] for s in model.seen)
+
+
+def test_validation_time_is_left_out_of_the_rates(tmp_path, monkeypatch):
+    clock = FakePerfClock(monkeypatch)
+
+    class WithSlowValidation(Timed):
+        def validation_step(self, batch, batch_idx):
+            self.clock.now += 100.0  # would crush the rate if it were counted
+
+        def val_dataloader(self):
+            return self.train_dataloader()
+
+    model = WithSlowValidation(clock)
+    perf = ThroughputMFU(window=3, peak_flops=PEAK)
+    trainer = quiet_trainer(tmp_path, max_steps=8, val_check_interval=4, limit_val_batches=1,
+                            num_sanity_val_steps=0, callbacks=[perf])
+    trainer.fit(model)
+    assert float(trainer.callback_metrics["perf/samples_per_sec"]) == pytest.approx(2 / SECONDS_PER_MICRO_BATCH)
+
+
+def test_tokens_seen_is_saved_and_restored():
+    perf = ThroughputMFU()
+    perf.tokens_seen = 123_456_789_012
+    restored = ThroughputMFU()
+    restored.load_state_dict(perf.state_dict())
+    assert restored.tokens_seen == 123_456_789_012
+
+
+def test_tokens_are_the_attention_mask_or_every_id():
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
+    assert int(count_tokens(batch)) == 5
+    assert int(count_tokens({"input_ids": torch.ones(2, 4)})) == 8
+
+
+def test_cpu_peak_is_measured_and_dtypes_follow_the_precision():
+    assert measure_matmul_flops(torch.device("cpu"), size=256, repeats=2) > 1e8
+    assert compute_dtype("bf16-mixed") == torch.bfloat16 and compute_dtype("16-mixed") == torch.float16
+    assert compute_dtype("32-true") == torch.float32
+
+
+def test_window_must_span_two_steps():
+    with pytest.raises(ValueError, match="window"):
+        ThroughputMFU(window=1)
