@@ -3,7 +3,6 @@
 import ast
 import random
 import sys
-import warnings
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ from lit_lm.modules import MaskedLMModule
 from tests.conftest import ROOT, sentence
 
 transformers = pytest.importorskip("transformers")
-warnings.filterwarnings("ignore", module="transformers")
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
              max_position_embeddings=40, initializer_range=0.2)

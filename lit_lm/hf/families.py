@@ -4,7 +4,7 @@ Each family says which of our configs it represents exactly (``unsupported``), h
 ways, and where each of our weights lives in its state dict (``weight_names``). Nothing here imports transformers.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 from lit_lm.models.config import TransformerConfig
@@ -266,7 +266,6 @@ DEBERTA_V2 = Family(
 
 FAMILIES = {f.name: f for f in (BERT, ROBERTA, DEBERTA_V2)}
 FAMILY_BY_HF_CLASS = {f.hf_class: f for f in FAMILIES.values()}
-CONFIG_FIELDS = [f.name for f in fields(TransformerConfig)]
 
 
 def family_for(config: TransformerConfig) -> Family | None:
