@@ -1,18 +1,23 @@
 """One config dataclass for every lit-lm transformer; each field's docstring is its ``--help`` text."""
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 NormType = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
-Activation = Literal["gelu", "relu"]
-PositionEmbedding = Literal["learned"]
+ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
+PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
+PositionEmbedding = Literal["learned", "none"]
+RelativePositions = Literal["none", "disentangled"]
+RelativeTerm = Literal["c2p", "p2c"]
 
 
 @dataclass
 class TransformerConfig:
     """Shape and switches of a lit-lm transformer. The defaults are BERT-base."""
 
+    # ---- shape ----
     vocab_size: int = 30522
     """Number of token ids. Set from the tokenizer by the CLI; do not set it by hand in a recipe."""
     hidden_size: int = 768
@@ -22,13 +27,40 @@ class TransformerConfig:
     num_heads: int = 12
     """Attention heads per block; must divide hidden_size."""
     intermediate_size: int = 3072
-    """Width of the feed-forward layer inside each block."""
+    """Width of the feed-forward layer inside each block (of each half, for the GLU activations)."""
     max_position_embeddings: int = 512
-    """Longest sequence the learned position table covers; data.seq_length must not exceed it."""
+    """Size of the learned position table; the longest sequence is this minus position_offset."""
     type_vocab_size: int = 2
     """Number of token types (segments) with their own embedding; 0 drops token-type embeddings (RoBERTa, cramming)."""
+
+    # ---- positions ----
     position_embedding: PositionEmbedding = "learned"
-    """How positions enter the model: 'learned' absolute embeddings added to the tokens (BERT)."""
+    """Absolute positions added to the token embeddings: 'learned' (BERT) or 'none' (DeBERTa: relative only)."""
+    position_offset: int = 0
+    """Index of the first position in the learned table; RoBERTa starts past its padding index, at 2."""
+    relative_positions: RelativePositions = "none"
+    """Relative positions inside attention: 'none', or 'disentangled' (DeBERTa, He et al. 2021)."""
+    relative_terms: tuple[RelativeTerm, ...] = ("c2p", "p2c")
+    """Disentangled attention terms: 'c2p' (content-to-position) and/or 'p2c' (position-to-content)."""
+    position_buckets: int = 0
+    """Log-bucket relative distances into this many buckets each way (DeBERTa-v3: 256); 0 keeps exact distances."""
+    max_relative_positions: int = 0
+    """Distance at which the log buckets end, or, without buckets, beyond which distances are clipped;
+    0 uses max_position_embeddings."""
+    share_att_key: bool = False
+    """Project relative embeddings with each layer's own query/key projections instead of separate ones (DeBERTa-v3)."""
+    relative_embedding_norm: bool = False
+    """Normalise the relative position embeddings (DeBERTa-v3's norm_rel_ebd: layer_norm)."""
+    conv_kernel_size: int = 0
+    """nGiE: a convolution over the embeddings beside the first block (DeBERTa-v2); 0 disables, DeBERTa uses 3."""
+    conv_groups: int = 1
+    """Groups of the nGiE convolution; must divide hidden_size."""
+    conv_act: PlainActivationName = "tanh"
+    """Activation of the nGiE convolution."""
+    head_position_embedding: bool = False
+    """Add learned absolute positions just before the MLM head (DeBERTa's enhanced mask decoder, simplified)."""
+
+    # ---- norms ----
     norm: NormType = "layernorm"
     """Normalisation layer: 'layernorm' or 'rmsnorm' (Zhang & Sennrich 2019)."""
     norm_placement: NormPlacement = "post"
@@ -39,18 +71,45 @@ class TransformerConfig:
     """Normalise the summed embeddings before the first block (BERT, cramming)."""
     final_norm: bool = False
     """Normalise the output of the last block; needed with pre-LN, where block outputs are not normalised."""
+
+    # ---- layers ----
     qkv_bias: bool = True
     """Biases in the query/key/value projections (cramming drops them: fewer parameters, faster steps)."""
     bias: bool = True
     """Biases in every other linear layer and in the norms."""
-    activation: Activation = "gelu"
-    """Feed-forward activation: 'gelu' (exact, erf-based, as BERT) or 'relu'."""
+    activation: ActivationName = "gelu"
+    """Feed-forward activation: 'gelu' (exact, as BERT), 'gelu_tanh' (GPT-2), 'relu', 'squared_relu' (Primer),
+    'silu', or a gated one: 'geglu', 'swiglu', 'reglu' (Shazeer 2020)."""
+    talking_heads: bool = False
+    """Mix attention logits and weights across heads with learned matrices (Shazeer et al. 2020)."""
+    qkv_conv_kernel_size: int = 0
+    """Depthwise convolution over the sequence after the Q/K/V projections (Primer, So et al. 2021: 3); 0 disables."""
+    moe_experts: int = 0
+    """Feed-forward experts per block (mixture of experts); 0 keeps one dense feed-forward layer."""
+    moe_top_k: int = 1
+    """Experts each token is routed to: 1 is the Switch Transformer (Fedus et al. 2021), 2 GShard-style top-2."""
+    moe_capacity_factor: float = 1.25
+    """Tokens an expert takes per batch, as a multiple of an even share; tokens beyond it skip the feed-forward."""
+    moe_aux_loss_weight: float = 0.01
+    """Weight of the Switch load-balancing loss added to the training loss."""
+
+    # ---- masked-LM head ----
     head_transform: bool = True
     """BERT's MLM head transform (dense, activation, norm) before the vocabulary projection."""
+    head_activation: PlainActivationName = "gelu"
+    """Activation inside the MLM head transform."""
     tie_embeddings: bool = True
     """Share the input embedding matrix with the output projection (Press & Wolf 2017)."""
+    output_softmaxes: int = 1
+    """Mixture of softmaxes over the vocabulary (Yang et al. 2018): number of components; 1 is a plain softmax."""
     sparse_prediction: bool = False
     """Run the MLM head only on masked positions when labels are given (cramming, Geiping & Goldstein 2022)."""
+    sparse_prediction_rate: float | None = None
+    """Expected fraction of labelled positions. With it, sparse prediction runs the head on a fixed number of
+    positions per batch (this rate of them plus headroom), so shapes are static and the model compiles.
+    MaskedLMModule sets it to its mask_rate; None runs the head on exactly the labelled positions."""
+
+    # ---- training ----
     dropout: float = 0.1
     """Dropout on embeddings, attention output and feed-forward output; 0 disables (cramming)."""
     attention_dropout: float = 0.1
@@ -61,12 +120,15 @@ class TransformerConfig:
     """Id of the padding token. Set from the tokenizer by the CLI."""
 
     def __post_init__(self) -> None:
+        self.relative_terms = tuple(self.relative_terms)
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings"):
+                     "max_position_embeddings", "output_softmaxes", "conv_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model config: {name} must be a positive integer, got {getattr(self, name)}.")
-        if self.type_vocab_size < 0:
-            raise ValueError(f"model config: type_vocab_size must be >= 0, got {self.type_vocab_size}.")
+        for name in ("type_vocab_size", "position_offset", "position_buckets", "max_relative_positions",
+                     "conv_kernel_size", "qkv_conv_kernel_size", "moe_experts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model config: {name} must be >= 0, got {getattr(self, name)}.")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model config: hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads}); "
@@ -82,7 +144,59 @@ class TransformerConfig:
             )
         if self.norm_eps <= 0:
             raise ValueError(f"model config: norm_eps must be positive, got {self.norm_eps}.")
+        if self.position_offset >= self.max_position_embeddings:
+            raise ValueError(f"model config: position_offset ({self.position_offset}) must be below "
+                             f"max_position_embeddings ({self.max_position_embeddings}).")
+        self._check_relative_positions()
+        if self.conv_kernel_size and (self.conv_kernel_size % 2 == 0 or self.hidden_size % self.conv_groups):
+            raise ValueError(
+                f"model config: conv_kernel_size ({self.conv_kernel_size}) must be odd and conv_groups "
+                f"({self.conv_groups}) must divide hidden_size ({self.hidden_size})."
+            )
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(f"model config: moe_top_k must be in [1, moe_experts={self.moe_experts}], "
+                             f"got {self.moe_top_k}.")
+        if self.moe_capacity_factor <= 0 or self.moe_aux_loss_weight < 0:
+            raise ValueError("model config: moe_capacity_factor must be positive and moe_aux_loss_weight >= 0.")
+        if self.sparse_prediction_rate is not None and not 0.0 < self.sparse_prediction_rate <= 1.0:
+            raise ValueError(f"model config: sparse_prediction_rate must be in (0, 1], got {self.sparse_prediction_rate}.")
+
+    def _check_relative_positions(self) -> None:
+        if self.relative_positions == "none":
+            return
+        if not self.relative_terms or not set(self.relative_terms) <= {"c2p", "p2c"}:
+            raise ValueError(
+                f"model config: relative_terms must name 'c2p' and/or 'p2c' for disentangled attention, got "
+                f"{list(self.relative_terms)}; set relative_positions: none to turn relative positions off."
+            )
+        if self.position_buckets == 1:
+            raise ValueError("model config: position_buckets must be 0 (no buckets) or at least 2.")
+        if self.position_buckets and self.relative_max_distance <= self.position_buckets // 2 + 1:
+            raise ValueError(
+                f"model config: with position_buckets {self.position_buckets}, max_relative_positions (or "
+                f"max_position_embeddings) must exceed {self.position_buckets // 2 + 1}, got {self.relative_max_distance}."
+            )
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def relative_max_distance(self) -> int:
+        """The distance that log buckets reach (or, without buckets, the clipping distance)."""
+        return self.max_relative_positions or self.max_position_embeddings
+
+    @property
+    def relative_span(self) -> int:
+        """Relative embeddings each way: the bucket count, or the clipping distance; the table holds twice this."""
+        return self.position_buckets or self.relative_max_distance
+
+    @property
+    def attention_scale(self) -> float:
+        """1/sqrt(d), with DeBERTa's sqrt(d * (1 + number of relative terms)) under disentangled attention."""
+        terms = len(self.relative_terms) if self.relative_positions == "disentangled" else 0
+        return 1.0 / math.sqrt(self.head_dim * (1 + terms))

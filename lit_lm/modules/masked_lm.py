@@ -1,5 +1,7 @@
 """Masked-language-model pretraining as a LightningModule."""
 
+from dataclasses import replace
+
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
@@ -28,6 +30,9 @@ class MaskedLMModule(L.LightningModule):
         seq_length: Tokens per training sequence. Set from the data by the CLI; checked against the position table.
         val_mask_seed: Seed of the fixed validation masks, so val/loss is comparable across evaluations and runs.
         compile: Run the model through ``torch.compile``; if compiling fails, say why and continue uncompiled.
+        init_from: A local HuggingFace model folder (BERT, RoBERTa, DeBERTa-v2, or a lit-lm export) to start from:
+            its architecture and weights replace config's, except config's training switches (dropout, sparse
+            prediction). Use its tokenizer too (data.tokenizer.path). See lit_lm.hf.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class MaskedLMModule(L.LightningModule):
         seq_length: int = 128,
         val_mask_seed: int = 1234,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):  # as stored in checkpoints written through the CLI
@@ -52,10 +58,18 @@ class MaskedLMModule(L.LightningModule):
             raise ValueError(f"model.mask_rate must be in (0, 1), got {mask_rate}.")
         if mask_token_fraction < 0 or random_token_fraction < 0 or mask_token_fraction + random_token_fraction > 1:
             raise ValueError("model.mask_token_fraction and model.random_token_fraction must be >= 0 and sum to <= 1.")
-        if seq_length > config.max_position_embeddings:
+        if config.sparse_prediction and config.sparse_prediction_rate is None:
+            config = replace(config, sparse_prediction_rate=mask_rate)  # a fixed prediction count: static shapes
+        pretrained = None
+        if init_from is not None:
+            from lit_lm.hf import load_pretrained
+
+            pretrained = load_pretrained(init_from, training_config=config)
+            config = pretrained.config
+        if seq_length > config.max_sequence_length:
             raise ValueError(
                 f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
-                f"({config.max_position_embeddings}); lower the first or raise the second."
+                f"({config.max_position_embeddings}, minus position_offset); lower the first or raise the second."
             )
         if mask_token_id is None:
             raise ValueError(
@@ -68,10 +82,10 @@ class MaskedLMModule(L.LightningModule):
                 f"special token ids {special} / mask id {mask_token_id} fall outside the vocabulary of "
                 f"{config.vocab_size}; the tokenizer and model.config.vocab_size disagree."
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["init_from"])  # the resolved config: a checkpoint reloads without the folder
         self.config = config
         self.optimizer_config = optimizer
-        self.model = EncoderForMaskedLM(config)
+        self.model = pretrained if pretrained is not None else EncoderForMaskedLM(config)
         self.register_buffer("special_ids", torch.tensor(special), persistent=False)
         allowed = torch.ones(config.vocab_size, dtype=torch.bool)
         allowed[self.special_ids] = False
@@ -81,16 +95,17 @@ class MaskedLMModule(L.LightningModule):
         # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model
         self._compiled_forward = torch.compile(self.model.forward) if compile else None
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
         if self._compiled_forward is not None:
             try:
-                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels)
+                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels,
+                                              token_type_ids=token_type_ids)
             except Exception as error:  # any compiler failure: fall back to eager, which re-raises real errors
                 self._compiled_forward = None
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 rank_zero_warn(f"model.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
                                "continuing without it. Set model.compile: false to skip the attempt.")
-        return self.model(input_ids, attention_mask=attention_mask, labels=labels)
+        return self.model(input_ids, attention_mask=attention_mask, labels=labels, token_type_ids=token_type_ids)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
         return mask_tokens(
@@ -102,15 +117,18 @@ class MaskedLMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         inputs, labels = self._mask(batch["input_ids"])
-        out = self(inputs, batch.get("attention_mask"), labels)
+        out = self(inputs, batch.get("attention_mask"), labels, batch.get("token_type_ids"))
         self.log("train/loss", out.loss, prog_bar=True)
+        if out.aux_loss is not None:  # mixture of experts: the load-balancing loss trains too
+            self.log("train/aux_loss", out.aux_loss)
+            return out.loss + out.aux_loss
         return out.loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = torch.Generator(device=batch["input_ids"].device)
         generator.manual_seed(self.hparams.val_mask_seed + batch_idx)
         inputs, labels = self._mask(batch["input_ids"], generator)
-        out = self(inputs, batch.get("attention_mask"), labels)
+        out = self(inputs, batch.get("attention_mask"), labels, batch.get("token_type_ids"))
         n_targets = (out.labels != IGNORE_INDEX).sum()
         if n_targets == 0:
             return

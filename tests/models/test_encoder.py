@@ -1,13 +1,8 @@
 import pytest
 import torch
 
-from lit_lm.models import EncoderForMaskedLM, TransformerConfig
-
-
-def tiny(**overrides) -> TransformerConfig:
-    base = dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                max_position_embeddings=24, dropout=0.0, attention_dropout=0.0)
-    return TransformerConfig(**{**base, **overrides})
+from lit_lm.models import EncoderForMaskedLM
+from tests.models.helpers import tiny
 
 
 @pytest.fixture(autouse=True)

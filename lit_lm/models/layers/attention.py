@@ -1,31 +1,115 @@
-"""Multi-head self-attention through torch's fused scaled_dot_product_attention."""
+"""Multi-head self-attention: fused Q/K/V, torch's scaled_dot_product_attention, and the attention switches."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lit_lm.models.config import TransformerConfig
+from lit_lm.models.layers.conv import DepthwiseSequenceConv
+from lit_lm.models.layers.disentangled import DisentangledAttentionBias
+
+
+class TalkingHeads(nn.Module):
+    """Talking-heads attention (Shazeer et al. 2020): learned head-to-head mixing of the attention logits before
+    the softmax and of the attention weights after it. Starts as the identity, i.e. as plain attention."""
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.logits_mix = nn.Parameter(torch.eye(num_heads))
+        self.weights_mix = nn.Parameter(torch.eye(num_heads))
+
+    @staticmethod
+    def mix(scores: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bhqk,hg->bgqk", scores, matrix)
+
+    def init_weights(self, std: float) -> None:
+        with torch.no_grad():
+            self.logits_mix.copy_(torch.eye(len(self.logits_mix)))
+            self.weights_mix.copy_(torch.eye(len(self.weights_mix)))
+
+
+def causal_mask(q_len: int, k_len: int, device=None) -> torch.Tensor:
+    """Bool [q_len, k_len], True where a query may attend: keys at or before its own position (queries being
+    the last q_len positions, as with a KV cache)."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
 class SelfAttention(nn.Module):
-    """Self-attention with one fused Q/K/V projection (one matmul instead of three)."""
+    """Self-attention with one fused Q/K/V projection (one matmul instead of three).
 
-    def __init__(self, config: TransformerConfig) -> None:
+    ``causal=True`` lets each position attend only to itself and earlier ones (decoders). The fast path is SDPA;
+    talking heads or a request for the attention weights take the explicit path, which computes the same thing.
+    """
+
+    def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
+        self.causal = causal
+        self.scale = config.attention_scale
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.qkv_conv = (  # Primer: depthwise convolution after the Q/K/V projections (So et al. 2021)
+            DepthwiseSequenceConv(3 * config.hidden_size, config.qkv_conv_kernel_size, causal, config.qkv_bias)
+            if config.qkv_conv_kernel_size else None
+        )
+        self.relative = (
+            DisentangledAttentionBias(config) if config.relative_positions == "disentangled" else None
+        )
+        self.talking_heads = TalkingHeads(config.num_heads) if config.talking_heads else None
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.out_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        """x: [batch, seq, hidden]; attn_mask: bool, broadcastable to [batch, heads, seq, seq], True = attend."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        relative: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [batch, seq, hidden]; key_mask: bool [batch, 1, 1, seq], True = attend (None: nothing padded);
+        relative: what the model's relative positions computed for this forward (see layers/positions.py);
+        token_mask: float [batch, seq, 1], 1 = real token, for layers that mix along the sequence.
+        Returns the output and, with ``need_weights``, the attention weights [batch, heads, seq, seq]."""
         batch, seq, hidden = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )
+        qkv = self.qkv(x)
+        if self.qkv_conv is not None:
+            qkv = self.qkv_conv(qkv, token_mask)
+        q, k, v = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        bias = None
+        if self.relative is not None:
+            if relative is None:
+                raise ValueError("disentangled attention needs the model's relative position embeddings (relative=)")
+            bias = self.relative(q, k, relative, self.qkv)
+        allowed = key_mask
+        explicit = need_weights or self.talking_heads is not None
+        if self.causal and (allowed is not None or bias is not None or explicit):
+            allowed = causal_mask(seq, seq, x.device) if allowed is None else allowed & causal_mask(seq, seq, x.device)
+        dropout = self.attention_dropout if self.training else 0.0
+        weights = None
+        if explicit:
+            y, weights = self._explicit_attention(q, k, v, bias, allowed, dropout)
+        else:
+            mask = allowed
+            if bias is not None:
+                mask = bias if allowed is None else bias.masked_fill(~allowed, torch.finfo(bias.dtype).min)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
+                is_causal=self.causal and mask is None,
+            )
         y = y.transpose(1, 2).reshape(batch, seq, hidden)
-        return self.out_dropout(self.out(y))
+        return self.out_dropout(self.out(y)), weights
+
+    def _explicit_attention(self, q, k, v, bias, allowed, dropout: float):
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        if bias is not None:
+            scores = scores + bias
+        if self.talking_heads is not None:
+            scores = self.talking_heads.mix(scores, self.talking_heads.logits_mix)
+        if allowed is not None:  # after the logits mix, which would otherwise spread the masked logits
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        if self.talking_heads is not None:
+            weights = self.talking_heads.mix(weights, self.talking_heads.weights_mix)
+        return F.dropout(weights, dropout, training=dropout > 0) @ v, weights

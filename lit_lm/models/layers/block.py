@@ -1,26 +1,52 @@
 """One transformer block: attention and feed-forward sublayers with residuals, pre- or post-norm."""
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.attention import SelfAttention
 from lit_lm.models.layers.ffn import FeedForward
+from lit_lm.models.layers.moe import MixtureOfExperts
 from lit_lm.models.layers.norms import build_norm
 
 
+class BlockOutput(NamedTuple):
+    hidden: torch.Tensor
+    attention: torch.Tensor | None = None  # [batch, heads, seq, seq] when asked for
+    aux_loss: torch.Tensor | None = None  # the mixture of experts' load-balancing loss, when there is one
+
+
 class TransformerBlock(nn.Module):
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__()
         self.pre_norm = config.norm_placement == "pre"  # pre-LN: Xiong et al. 2020
         self.attn_norm = build_norm(config)
-        self.attn = SelfAttention(config)
+        self.attn = SelfAttention(config, causal=causal)
         self.ffn_norm = build_norm(config)
-        self.ffn = FeedForward(config)
+        self.ffn = MixtureOfExperts(config) if config.moe_experts else FeedForward(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def _ffn(self, x: torch.Tensor, token_mask: torch.Tensor | None):
+        if isinstance(self.ffn, MixtureOfExperts):
+            return self.ffn(x, token_mask)
+        return self.ffn(x), None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        relative: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> BlockOutput:
+        """Arguments as ``SelfAttention.forward``."""
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), attn_mask, is_causal)
-            return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn(x, attn_mask, is_causal))
-        return self.ffn_norm(x + self.ffn(x))
+            h, weights = self.attn(self.attn_norm(x), key_mask, relative, token_mask, need_weights)
+            x = x + h
+            h, aux_loss = self._ffn(self.ffn_norm(x), token_mask)
+            return BlockOutput(x + h, weights, aux_loss)
+        h, weights = self.attn(x, key_mask, relative, token_mask, need_weights)
+        x = self.attn_norm(x + h)
+        h, aux_loss = self._ffn(x, token_mask)
+        return BlockOutput(self.ffn_norm(x + h), weights, aux_loss)

@@ -1,31 +1,19 @@
-"""Position-wise feed-forward layers and their activations."""
+"""The position-wise feed-forward layer."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_lm.models.config import TransformerConfig
-
-ACTIVATIONS = {
-    "gelu": F.gelu,  # GELU: Hendrycks & Gimpel 2016 (exact erf form, as BERT)
-    "relu": F.relu,
-}
-
-
-def activation_fn(name: str):
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"model config: unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.") from None
+from lit_lm.models.layers.activations import Activation
 
 
 class FeedForward(nn.Module):
-    """Linear up to intermediate_size, activation, linear back down."""
+    """Linear up to intermediate_size, activation, linear back down; gated activations project up twice as wide."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.bias)
-        self.act = activation_fn(config.activation)
+        self.act = Activation(config.activation)
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size * self.act.width_multiplier, bias=config.bias)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

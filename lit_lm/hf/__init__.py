@@ -1,0 +1,263 @@
+"""Interoperability with HuggingFace transformers: weights both ways, exported folders, pretrained starts.
+
+- ``from_hf(hf_model)``: a transformers model (BertForMaskedLM, RobertaForMaskedLM, DebertaV2ForMaskedLM, or a
+  lit-lm custom-code export) -> the equivalent lit-lm ``EncoderForMaskedLM``.
+- ``to_hf(model)``: the equivalent transformers model: the built-in class when one represents the config exactly,
+  otherwise lit-lm's self-contained custom-code class (``remote.py``).
+- ``save_pretrained`` / ``export_checkpoint``: a folder ``AutoModelForMaskedLM`` and ``AutoTokenizer`` load.
+- ``load_pretrained(folder)``: a local HuggingFace or lit-lm folder -> ``EncoderForMaskedLM`` (``init_from``).
+
+transformers is a development dependency: it is imported only inside these functions.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import torch
+
+from lit_lm.hf.families import FAMILIES, FAMILY_BY_HF_CLASS, OUTPUT_BIAS_ALIASES, Family, UnsupportedConfig, family_for
+from lit_lm.hf.remote import MODEL_TYPE, auto_map, load_model_code, write_model_code
+from lit_lm.hf.tokenizer import save_tokenizer
+from lit_lm.models import EncoderForMaskedLM, TransformerConfig
+
+__all__ = ["from_hf", "to_hf", "save_pretrained", "load_pretrained", "export_checkpoint", "UnsupportedConfig"]
+
+ARCHITECTURES = ("auto", *FAMILIES, "custom")
+# switches that change how a model trains, not its weights: a pretrained start keeps the recipe's
+TRAINING_FIELDS = ("dropout", "attention_dropout", "sparse_prediction", "sparse_prediction_rate",
+                   "moe_aux_loss_weight", "initializer_range")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError("lit_lm.hf needs the transformers package: pip install transformers") from err
+    return transformers
+
+
+def _config_from_dict(values: dict) -> TransformerConfig:
+    known = {f.name for f in fields(TransformerConfig)}
+    return TransformerConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def _resolve_family(config: TransformerConfig, architecture: str) -> Family | None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
+    if architecture == "auto":
+        return family_for(config)
+    if architecture == "custom":
+        return None
+    family = FAMILIES[architecture]
+    if problems := family.unsupported(config):
+        raise UnsupportedConfig(f"{family.hf_class} cannot represent this config ({'; '.join(problems)}); "
+                                f"use architecture 'auto' or 'custom' to export it with its own code.")
+    return family
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape
+
+
+# ---- lit-lm -> transformers ----
+def to_hf(model: EncoderForMaskedLM, architecture: str = "auto"):
+    """The transformers model equal to ``model`` (same logits in eval mode).
+
+    architecture: 'auto' (the built-in class if one represents the config exactly, else custom code), 'bert',
+    'roberta', 'deberta-v2', or 'custom' (lit-lm's own code, loaded with trust_remote_code).
+    """
+    family = _resolve_family(model.config, architecture)
+    if family is None:
+        return _to_custom(model)
+    transformers = _transformers()
+    hf_config = getattr(transformers, family.hf_class.replace("ForMaskedLM", "Config"))(**family.config_to_hf(model.config))
+    hf_model = getattr(transformers, family.hf_class)(hf_config)
+    ours = model.state_dict()
+    names = family.weight_names(model.config, hf_config)
+    if left := [n for n in ours if n not in names and not (n == "head.decoder.weight" and model.config.tie_embeddings)]:
+        raise UnsupportedConfig(f"{family.hf_class} has no place for {left}; export with architecture 'custom'.")
+    state = {}
+    for name, hf_names in names.items():
+        for hf_name, part in zip(hf_names, ours[name].chunk(len(hf_names), dim=0)):
+            state[hf_name] = part
+    state.update({alias: state[primary] for alias, primary in OUTPUT_BIAS_ALIASES.items() if primary in state})
+    missing, unexpected = hf_model.load_state_dict(state, strict=False)
+    hf_state = hf_model.state_dict()
+    for name in missing:
+        if name.endswith("token_type_embeddings.weight") and not model.config.type_vocab_size:
+            with torch.no_grad():  # HF always adds a token-type embedding; a zero one adds nothing
+                hf_model.get_parameter(name).zero_()
+        elif not any(_same_storage(hf_state[name], hf_state[given]) for given in state):
+            raise RuntimeError(f"to_hf: {family.hf_class}'s {name} has no lit-lm counterpart.")
+    if unexpected:
+        raise RuntimeError(f"to_hf: {family.hf_class} has no place for {unexpected}.")
+    _check_same_logits(model, hf_model)
+    return hf_model.train(model.training)
+
+
+def _check_same_logits(model: EncoderForMaskedLM, hf_model) -> None:
+    """A last guard against a switch the family check does not know: the two must compute the same thing."""
+    was_training = model.training
+    model.eval(), hf_model.eval()
+    config = model.config
+    ids = torch.randint(0, config.vocab_size, (1, min(8, config.max_sequence_length)),
+                        generator=torch.Generator().manual_seed(0))
+    ids = ids.masked_fill(ids == config.pad_token_id, (config.pad_token_id + 1) % config.vocab_size)
+    ids = ids.to(model.encoder.token_embedding.weight.device)
+    with torch.no_grad():
+        ours = model(ids).logits.float()
+        gap = (ours - hf_model(input_ids=ids).logits.float()).abs().max().item()
+    model.train(was_training)
+    if not gap <= 1e-4 * max(1.0, ours.abs().max().item()):
+        raise UnsupportedConfig(f"{type(hf_model).__name__} does not reproduce this model (logits differ by {gap:.2g});"
+                                f" export with architecture 'custom'.")
+
+
+def _to_custom(model: EncoderForMaskedLM):
+    _transformers()
+    with tempfile.TemporaryDirectory() as tmp:
+        code = load_model_code(write_model_code(Path(tmp)).parent)
+    hf_config = code.LitLMConfig(lit_lm=asdict(model.config))
+    hf_config.auto_map = auto_map()
+    hf_config.architectures = ["LitLMForMaskedLM"]
+    hf_model = code.LitLMForMaskedLM(hf_config)
+    hf_model.model.load_state_dict(model.state_dict())
+    return hf_model.train(model.training)
+
+
+# ---- transformers -> lit-lm ----
+def from_hf(hf_model) -> EncoderForMaskedLM:
+    """The lit-lm model equal to a transformers masked-LM (same logits in eval mode)."""
+    hf_config = hf_model.config
+    if getattr(hf_config, "model_type", None) == MODEL_TYPE:
+        model = EncoderForMaskedLM(_config_from_dict(hf_config.lit_lm))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in hf_model.state_dict().items()})
+        return model.train(hf_model.training)
+    family = FAMILY_BY_HF_CLASS.get(type(hf_model).__name__)
+    if family is None:
+        raise UnsupportedConfig(f"from_hf takes {sorted(FAMILY_BY_HF_CLASS)} or a lit-lm export, "
+                                f"got {type(hf_model).__name__}.")
+    config = family.config_from_hf(hf_config)
+    if family is FAMILIES["deberta-v2"] and not getattr(hf_config, "legacy", True):
+        config = replace(config, tie_embeddings=True)  # the newer DeBERTa head always uses the word embeddings
+    hf_state = hf_model.state_dict()
+    state, used = {}, set()
+    for name, hf_names in family.weight_names(config, hf_config).items():
+        state[name] = torch.cat([hf_state[n] for n in hf_names]) if len(hf_names) > 1 else hf_state[hf_names[0]]
+        used.update(hf_names)
+    left = [n for n in hf_state if n not in used and not any(_same_storage(hf_state[n], hf_state[u]) for u in used)]
+    left = [n for n in left if not _unused_by_design(n, config)]
+    if left:
+        raise UnsupportedConfig(f"from_hf: lit-lm has no place for {left}.")
+    model = EncoderForMaskedLM(config)
+    model.load_state_dict(state)
+    return model.train(hf_model.training)
+
+
+def _unused_by_design(name: str, config: TransformerConfig) -> bool:
+    """HuggingFace weights that its own forward ignores for this config."""
+    if name in OUTPUT_BIAS_ALIASES:  # when untied, HF's forward reads only the decoder's bias
+        return True
+    return config.relative_positions == "none" and ("rel_embeddings" in name or "encoder.LayerNorm" in name)
+
+
+# ---- folders ----
+def _write_atomically(folder: Path, overwrite: bool, write) -> Path:
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; choose another folder or pass overwrite=True.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        write(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def save_pretrained(model: EncoderForMaskedLM, folder: str | Path, tokenizer=None, architecture: str = "auto",
+                    overwrite: bool = False) -> Path:
+    """Write ``model`` (and its tokenizer: a ``tokenizers.Tokenizer``, a tokenizer.json, or a folder holding one)
+    as a folder ``AutoModelForMaskedLM.from_pretrained`` loads (custom code needs ``trust_remote_code=True``)
+    and ``AutoTokenizer.from_pretrained`` loads. Written in a temporary folder and renamed into place."""
+    hf_model = to_hf(model, architecture)
+
+    def write(tmp: Path) -> None:
+        hf_model.save_pretrained(tmp)
+        if hf_model.config.model_type == MODEL_TYPE:
+            write_model_code(tmp)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_sequence_length)
+
+    return _write_atomically(Path(folder), overwrite, write)
+
+
+def load_pretrained(folder: str | Path, training_config: TransformerConfig | None = None) -> EncoderForMaskedLM:
+    """A lit-lm model from a local folder: a lit-lm export (read directly, no code executed) or a HuggingFace
+    BERT / RoBERTa / DeBERTa-v2 masked-LM folder (through transformers).
+
+    With ``training_config`` (a recipe's model config), the pretrained architecture and weights are kept and the
+    recipe's training switches (dropout, sparse prediction, ...) are applied; its vocabulary must match.
+    """
+    folder = Path(folder).expanduser()
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"init_from: {folder} has no config.json; point it at a HuggingFace model folder "
+                                f"(for example one written by `python -m lit_lm.hf export`).")
+    hf_config = json.loads(config_file.read_text())
+    if hf_config.get("model_type") == MODEL_TYPE:
+        model = EncoderForMaskedLM(_config_from_dict(hf_config["lit_lm"]))
+        model.load_state_dict(_read_lit_lm_weights(folder, model))
+    else:
+        model = from_hf(_transformers().AutoModelForMaskedLM.from_pretrained(folder))
+    if training_config is None:
+        return model
+    if training_config.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"init_from: the model in {folder} has a vocabulary of {model.config.vocab_size} tokens but the tokenizer "
+            f"has {training_config.vocab_size}; set data.tokenizer.path to the same folder to use its tokenizer."
+        )
+    switches = {name: getattr(training_config, name) for name in TRAINING_FIELDS}
+    adapted = EncoderForMaskedLM(replace(model.config, **switches))
+    adapted.load_state_dict(model.state_dict())
+    return adapted
+
+
+def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))  # one file, or shards of a large model
+    if not files:
+        raise FileNotFoundError(f"init_from: {folder} has no *.safetensors weights.")
+    state = {k.removeprefix("model."): v for file in files for k, v in load_file(str(file)).items()}
+    if model.config.tie_embeddings:  # saved once, under one of the two names
+        state.setdefault("head.decoder.weight", state.get("encoder.token_embedding.weight"))
+        state.setdefault("encoder.token_embedding.weight", state.get("head.decoder.weight"))
+    return state
+
+
+def read_checkpoint(path: str | Path) -> EncoderForMaskedLM:
+    """The model inside a lit-lm Lightning checkpoint (``MaskedLMModule``: config in the hyperparameters)."""
+    # weights_only=False: Lightning stores the hyperparameters as Python objects; this is the user's own run
+    checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    config = checkpoint.get("hyper_parameters", {}).get("config")
+    if config is None:
+        raise ValueError(f"{path} holds no model config in its hyperparameters; is it a lit-lm masked-LM checkpoint?")
+    config = config if isinstance(config, TransformerConfig) else _config_from_dict(dict(config))
+    model = EncoderForMaskedLM(config)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+                           if k.startswith("model.")})
+    return model.eval()
+
+
+def export_checkpoint(checkpoint: str | Path, folder: str | Path, tokenizer, architecture: str = "auto",
+                      overwrite: bool = False) -> Path:
+    """A trained lit-lm checkpoint -> a HuggingFace folder with its tokenizer (see ``save_pretrained``)."""
+    return save_pretrained(read_checkpoint(checkpoint), folder, tokenizer, architecture, overwrite)

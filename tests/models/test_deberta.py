@@ -1,0 +1,132 @@
+"""DeBERTa's pieces: log buckets, the relative-embedding table, disentangled attention terms, nGiE."""
+
+import math
+
+import pytest
+import torch
+
+from lit_lm.models import EncoderForMaskedLM
+from lit_lm.models.layers import DisentangledAttentionBias, RelativePositionEmbedding, SelfAttention
+from lit_lm.models.layers.disentangled import diagonal_skew
+from lit_lm.models.layers.positions import log_bucket_position, relative_distance_index
+from tests.models.helpers import tiny
+
+DEBERTA = dict(relative_positions="disentangled", position_embedding="none", type_vocab_size=0)
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def test_log_buckets_are_exact_near_logarithmic_far_and_odd():
+    d = torch.arange(-600, 601)
+    b = log_bucket_position(d, buckets=256, max_distance=512)
+    near = d.abs() <= 128
+    assert torch.equal(b[near], d[near])  # exact up to half the buckets
+    assert torch.equal(b, -b.flip(0))  # odd: -d lands in the mirror bucket
+    far = b[d >= 0]
+    assert torch.all(far[1:] >= far[:-1])  # never decreasing with distance
+    assert b[d == 511].item() == 255  # the last bucket at max_distance - 1
+    assert far.unique().numel() < 600 // 2  # far distances share buckets
+    widths = torch.bincount(far[far > 128] - 128)  # distances per bucket grow with distance
+    assert widths[-20:].float().mean() > widths[1:20].float().mean()
+
+
+def test_relative_index_clips_to_the_table():
+    config = tiny(**DEBERTA, max_relative_positions=3)  # no buckets: distances beyond 3 are clipped
+    index = relative_distance_index(6, config)
+    # distances 5 .. -5, shifted by the span (3) and clipped to the table's rows 0 .. 5, as DeBERTa does
+    assert index.tolist() == [5, 5, 5, 5, 4, 3, 2, 1, 0, 0, 0]
+    assert RelativePositionEmbedding(config).table.num_embeddings == 6
+
+
+def test_diagonal_skew_reads_each_pair_at_its_distance():
+    n = 5
+    scores = torch.randn(2, n, 2 * n - 1)
+    skewed = diagonal_skew(scores)
+    expected = torch.stack([torch.stack([scores[:, i, (n - 1) - (i - j)] for j in range(n)], -1) for i in range(n)], 1)
+    torch.testing.assert_close(skewed, expected)
+
+
+@pytest.mark.parametrize("terms", [("c2p", "p2c"), ("c2p",), ("p2c",)])
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("buckets", [0, 6])
+def test_disentangled_bias_matches_the_definition(terms, share, buckets):
+    config = tiny(**DEBERTA, relative_terms=terms, share_att_key=share, position_buckets=buckets,
+                  relative_embedding_norm=True)
+    attention = SelfAttention(config).eval()
+    bias_layer: DisentangledAttentionBias = attention.relative
+    assert hasattr(bias_layer, "pos_key") == (not share and "c2p" in terms)
+    assert hasattr(bias_layer, "pos_query") == (not share and "p2c" in terms)
+    n, heads, d = 12, 4, 8
+    q, k = torch.randn(2, heads, n, d), torch.randn(2, heads, n, d)
+    table = RelativePositionEmbedding(config)
+    relative = table(n)
+    bias = bias_layer(q, k, relative, attention.qkv)
+    # by hand: project every table row, then look up each (query, key) pair's bucket
+    rows = table.norm(table.table.weight)
+    if share:
+        pos_q, pos_k = rows @ attention.qkv.weight[:32].t() + attention.qkv.bias[:32], \
+            rows @ attention.qkv.weight[32:64].t() + attention.qkv.bias[32:64]
+    else:
+        pos_q = bias_layer.pos_query(rows) if "p2c" in terms else None
+        pos_k = bias_layer.pos_key(rows) if "c2p" in terms else None
+    span = config.relative_span
+    expected = torch.zeros(2, heads, n, n)
+    for i in range(n):
+        for j in range(n):
+            delta = torch.tensor(i - j)
+            if buckets:
+                delta = log_bucket_position(delta, buckets, config.relative_max_distance)
+            r = int((delta + span).clamp(0, 2 * span - 1))
+            if "c2p" in terms:
+                expected[:, :, i, j] += (q[:, :, i] * pos_k[r].view(heads, d)).sum(-1)
+            if "p2c" in terms:
+                expected[:, :, i, j] += (k[:, :, j] * pos_q[r].view(heads, d)).sum(-1)
+    scale = 1 / math.sqrt(d * (1 + len(terms)))  # DeBERTa's sqrt(d * (1 + number of relative terms))
+    assert attention.scale == pytest.approx(scale)
+    torch.testing.assert_close(bias, expected * scale, atol=1e-5, rtol=1e-5)
+
+
+def test_relative_embedding_norm_normalises_the_table_rows():
+    rows = RelativePositionEmbedding(tiny(**DEBERTA, relative_embedding_norm=True, initializer_range=1.0))(5)
+    torch.testing.assert_close(rows.mean(-1), torch.zeros(9), atol=1e-5, rtol=0)
+    raw = RelativePositionEmbedding(tiny(**DEBERTA))
+    assert not torch.allclose(raw(5).mean(-1), torch.zeros(9), atol=1e-3)
+
+
+def test_relative_positions_make_the_model_position_aware_without_an_absolute_table():
+    model = EncoderForMaskedLM(tiny(**DEBERTA, initializer_range=0.5)).eval()
+    assert model.encoder.position_embedding is None
+    ids = torch.randint(5, 50, (1, 10))
+    order = torch.randperm(10)
+    assert not torch.allclose(model(ids[:, order]).logits, model(ids).logits[:, order], atol=1e-3)
+
+
+def test_ngie_convolution_changes_the_first_block_output_only_beside_it():
+    config = tiny(**DEBERTA, conv_kernel_size=3, conv_groups=2, conv_act="gelu")
+    model = EncoderForMaskedLM(config).eval()
+    assert model.encoder.ngie.conv.weight.shape == (32, 16, 3)
+    without = EncoderForMaskedLM(tiny(**DEBERTA)).eval()
+    without.load_state_dict(model.state_dict(), strict=False)
+    ids = torch.randint(5, 50, (1, 8))
+    assert not torch.allclose(model(ids).logits, without(ids).logits, atol=1e-4)
+    with torch.no_grad():  # a zero convolution with a zero bias adds nothing: only the norm remains
+        model.encoder.ngie.conv.weight.zero_()
+        model.encoder.ngie.conv.bias.zero_()
+    embeddings = model.encoder.embed(ids)
+    relative = model.encoder.relative_positions(8)
+    first = model.encoder.blocks[0](embeddings, relative=relative).hidden
+    torch.testing.assert_close(model.encoder.ngie(embeddings, first), model.encoder.ngie.norm(first))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(relative_terms=()), "relative_terms"),
+    (dict(position_buckets=1), "position_buckets"),
+    (dict(position_buckets=64, max_relative_positions=20), "must exceed 33"),
+    (dict(conv_kernel_size=2), "conv_kernel_size"),
+])
+def test_bad_deberta_settings_are_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**DEBERTA, **bad)
