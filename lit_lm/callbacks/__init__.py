@@ -4,6 +4,8 @@ from lit_lm.callbacks.batch_size import BatchSizeRamp
 from lit_lm.callbacks.loss_summary import LossSummary
 from lit_lm.callbacks.lr_schedule import OneCycleLR
 from lit_lm.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
+from lit_lm.callbacks.samples import TextSamples
 from lit_lm.callbacks.throughput import ThroughputMFU
 
-__all__ = ["BatchSizeRamp", "LossSummary", "NonFiniteLossError", "OneCycleLR", "StopOnNonFiniteLoss", "ThroughputMFU"]
+__all__ = ["BatchSizeRamp", "LossSummary", "NonFiniteLossError", "OneCycleLR", "StopOnNonFiniteLoss", "TextSamples",
+           "ThroughputMFU"]

@@ -96,13 +96,16 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        half = config.head_dim // 2
-        frequencies = config.rotary_base ** (-torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.half, self.base = config.head_dim // 2, config.rotary_base
+        self.register_buffer("device_anchor", torch.empty(0), persistent=False)  # follows the model's device
 
     def forward(self, seq_len: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(start, start + seq_len, dtype=torch.float32, device=self.frequencies.device)
-        angles = torch.outer(positions, self.frequencies.float())
+        # computed on each call (head_dim / 2 numbers), not kept in a buffer: a meta-device load
+        # (transformers' from_pretrained) would leave a buffer's values uninitialised
+        device = self.device_anchor.device
+        frequencies = self.base ** (-torch.arange(self.half, dtype=torch.float32, device=device) / self.half)
+        positions = torch.arange(start, start + seq_len, dtype=torch.float32, device=device)
+        angles = torch.outer(positions, frequencies)
         angles = torch.cat([angles, angles], dim=-1)  # channel i and i + head_dim/2 form a pair
         return angles.cos(), angles.sin()
 
