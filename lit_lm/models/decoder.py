@@ -152,8 +152,9 @@ class DecoderForCausalLM(nn.Module):
         if decoded.aux_loss is not None:
             aux_loss = self.config.moe_aux_loss_weight * decoded.aux_loss
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+        if labels is not None:  # shift the labels, not the logits: no copy of the largest tensor
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                    ignore_index=IGNORE_INDEX)
         return LMOutput(logits=logits, loss=loss, labels=labels, hidden_states=decoded.hidden_states,
                         aux_loss=aux_loss, attentions=decoded.attentions)
