@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer
-from lit_lm.models import DecoderForCausalLM, TransformerConfig
+from lit_lm.models import DecoderForCausalLM
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -121,19 +121,12 @@ def generate_text(model: DecoderForCausalLM, tokenizer: Tokenizer, prompt: str, 
 def load_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> tuple[DecoderForCausalLM, Tokenizer]:
     """The decoder inside a ``CausalLMModule`` checkpoint, in eval mode, and its tokenizer: the one stored in the
     checkpoint, or ``tokenizer`` (a tokenizer.json or a folder holding one, e.g. the run's data store)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; runs write theirs to "
-                                f"runs/<recipe>/checkpoints/last.ckpt.")
-    # weights_only=False: Lightning stores the hyperparameters as Python objects; this is the user's own run
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = checkpoint.get("hyper_parameters", {}).get("config")
-    if config is None or "eos_token_id" not in checkpoint.get("hyper_parameters", {}):
+    from lit_lm.hf import load_checkpoint_file, model_from_checkpoint  # (transformers is not needed for this)
+
+    checkpoint = load_checkpoint_file(path)
+    model = model_from_checkpoint(checkpoint, path)
+    if not isinstance(model, DecoderForCausalLM):
         raise ValueError(f"{path} is not a causal-LM (CausalLMModule) checkpoint.")
-    config = config if isinstance(config, TransformerConfig) else TransformerConfig(**dict(config))
-    model = DecoderForCausalLM(config)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
-                           if k.startswith("model.")})
     if tokenizer is not None:
         loaded = load_tokenizer(tokenizer)
     elif "tokenizer" in checkpoint:
@@ -141,10 +134,10 @@ def load_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> tu
     else:
         raise ValueError(f"{path} holds no tokenizer; pass --tokenizer (the run's data store folder, printed as "
                          f"'data: built/reusing <folder>' when training starts).")
-    if loaded.get_vocab_size(with_added_tokens=True) > config.vocab_size:
+    if loaded.get_vocab_size(with_added_tokens=True) > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {loaded.get_vocab_size(with_added_tokens=True)} tokens but the model "
-                         f"{config.vocab_size}; pass the tokenizer the run was trained with.")
-    return model.eval(), loaded
+                         f"{model.config.vocab_size}; pass the tokenizer the run was trained with.")
+    return model, loaded
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -299,21 +299,42 @@ def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
 def read_checkpoint(path: str | Path) -> EncoderForMaskedLM | DecoderForCausalLM:
     """The model inside a lit-lm Lightning checkpoint (``MaskedLMModule`` or ``CausalLMModule``: config in the
     hyperparameters)."""
+    return model_from_checkpoint(load_checkpoint_file(path), path)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """A Lightning checkpoint's contents, on the CPU."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; runs write theirs to "
+                                f"runs/<recipe>/checkpoints/last.ckpt.")
     # weights_only=False: Lightning stores the hyperparameters as Python objects; this is the user's own run
-    checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_from_checkpoint(checkpoint: dict, path: str | Path) -> EncoderForMaskedLM | DecoderForCausalLM:
+    """The model (eval mode) of a loaded checkpoint; ``path`` only names it in errors."""
     hyper_parameters = checkpoint.get("hyper_parameters", {})
     config = hyper_parameters.get("config")
     if config is None:
         raise ValueError(f"{path} holds no model config in its hyperparameters; is it a lit-lm checkpoint?")
     config = config if isinstance(config, TransformerConfig) else _config_from_dict(dict(config))
-    causal = "eos_token_id" in hyper_parameters and "mask_token_id" not in hyper_parameters  # CausalLMModule
+    causal = any(k.startswith("model.decoder.") for k in checkpoint["state_dict"])  # CausalLMModule
     model = (DecoderForCausalLM if causal else EncoderForMaskedLM)(config)
     model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
                            if k.startswith("model.")})
     return model.eval()
 
 
-def export_checkpoint(checkpoint: str | Path, folder: str | Path, tokenizer, architecture: str = "auto",
+def export_checkpoint(checkpoint: str | Path, folder: str | Path, tokenizer=None, architecture: str = "auto",
                       overwrite: bool = False) -> Path:
-    """A trained lit-lm checkpoint -> a HuggingFace folder with its tokenizer (see ``save_pretrained``)."""
-    return save_pretrained(read_checkpoint(checkpoint), folder, tokenizer, architecture, overwrite)
+    """A trained lit-lm checkpoint -> a HuggingFace folder with its tokenizer (see ``save_pretrained``). Without
+    ``tokenizer``, the one the checkpoint holds (causal-LM runs keep theirs)."""
+    loaded = load_checkpoint_file(checkpoint)
+    if tokenizer is None:
+        if "tokenizer" not in loaded:
+            raise ValueError(f"{checkpoint} holds no tokenizer; pass the one the run used (--tokenizer).")
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(loaded["tokenizer"])
+    return save_pretrained(model_from_checkpoint(loaded, checkpoint), folder, tokenizer, architecture, overwrite)

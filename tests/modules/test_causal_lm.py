@@ -20,6 +20,7 @@ from lit_lm.data import PretrainingDataModule
 from lit_lm.data.tokenizer import TokenizerConfig
 from lit_lm.evaluate import main as evaluate_main
 from lit_lm.generate import main as generate_main
+from lit_lm.hf.__main__ import main as hf_main
 from lit_lm.models import TransformerConfig
 from lit_lm.modules import CausalLMModule
 from tests.conftest import ROOT
@@ -59,6 +60,12 @@ def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates
                    "--file", str(corpus / "doc0.txt"), "--context-length", "32", "--stride", "16"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["tokens"] > 100 and 1 < result["token_perplexity"] < 300 and result["bits_per_byte"] > 0
+    transformers = pytest.importorskip("transformers")
+    hf_main(["export", str(RUN / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    assert type(hf).__name__ == "LitLMForCausalLM" and hf.generation_config.eos_token_id == 0  # qkv_bias: false
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True).eos_token == \
+        "<|endoftext|>"
 
 
 def tiny_config(vocab: int) -> TransformerConfig:
