@@ -110,9 +110,10 @@ def lit_config(**overrides) -> TransformerConfig:
 
 @pytest.fixture(scope="module")
 def wordpiece():
-    from lit_lm.data.tokenizer import train_wordpiece
+    from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
     rng = random.Random(0)
-    return train_wordpiece([" ".join(sentence(rng) for _ in range(5)) for _ in range(300)], vocab_size=200)
+    texts = [" ".join(sentence(rng) for _ in range(5)) for _ in range(300)]
+    return train_tokenizer(texts, TokenizerConfig(kind="wordpiece", vocab_size=200))
 
 
 def test_configs_without_a_builtin_class_are_named_and_refused_for_that_class():
