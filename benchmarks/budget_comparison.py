@@ -211,7 +211,7 @@ def main() -> None:
               f"{result['tokens_seen'] or 0:.0f} tokens ({result['tokens_per_sec'] or 0:.0f} tokens/s)", flush=True)
 
     reference = next((r["held_out_mlm_loss"] for r in results if r["run"] == "crammed"), None)
-    print(f"\n| run | change from crammed | steps | tokens seen | tokens/s | held-out MLM loss | vs crammed |")
+    print("\n| run | change from crammed | steps | tokens seen | tokens/s | held-out MLM loss | vs crammed |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
         delta = "" if reference is None else f"{r['held_out_mlm_loss'] - reference:+.3f}"

@@ -4,6 +4,7 @@ import random
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -47,3 +48,14 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: ../shared/data is only present beside the project on developer machines and CI")
     return path
+
+
+class InterruptAt(Callback):
+    """Presses Ctrl-C (raises KeyboardInterrupt) when training reaches a given optimizer step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt

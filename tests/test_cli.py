@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 
-from lightning.pytorch.callbacks import Callback
 
 from lit_lm.cli import LitLMCLI, main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, InterruptAt
 
 RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -82,16 +81,6 @@ def test_vocab_size_and_special_ids_flow_from_the_tokenizer(corpus, tmp_path):
     assert cli.model.hparams.special_token_ids == cli.datamodule.special_token_ids
     assert cli.model.hparams.seq_length == 32
 
-
-class InterruptAt(Callback):
-    """Presses Ctrl-C (raises KeyboardInterrupt) when training reaches a given step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_an_interrupted_run_resumes_from_last_where_it_stopped(corpus, tmp_path):

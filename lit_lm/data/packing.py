@@ -39,7 +39,7 @@ class Packer:
             n = len(stream) // self.body
             self.carry = stream[n * self.body :]
             return self._rows(stream[: n * self.body].reshape(n, self.body), np.full(n, self.body))
-        bodies, lengths = [], []
+        bodies = []
         for doc in documents:
             tokens = np.append(np.asarray(doc, dtype=self.dtype), self.dtype.type(self.separator))
             if len(self.carry) + len(tokens) > self.body:  # does not fit the open row: close it

@@ -8,9 +8,10 @@ text file read as a single document (`split: file`), which is one document by de
 
 import glob
 import gzip
+import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -190,15 +191,8 @@ def read_hub_dataset(source: SourceConfig) -> Iterator[Block]:
                           "(pip install datasets); or save it with save_to_disk and give its folder in paths.") from err
     try:
         stream = datasets.load_dataset(source.name, source.subset, split=source.hf_split, streaming=True)
-        batch: list[str] = []
-        for record in stream:
-            if text := record.get(source.text_field):
-                batch.append(text)
-            if len(batch) == 2048:
-                yield "records", batch
-                batch = []
-        if batch:
-            yield "records", batch
+        texts = (text for record in stream if (text := record.get(source.text_field)))
+        yield from _record_blocks(texts, 2048)
     except (ConnectionError, OSError, ValueError) as err:
         raise CorpusError(f"data.sources: cannot read the hub dataset {source.name!r} ({err}). Without a reachable "
                           "hub, save it with save_to_disk elsewhere and give its folder in paths.") from err
@@ -224,13 +218,13 @@ def read_source(source: SourceConfig, files: Sequence[Path], split: str) -> Iter
 
 
 def read_default_corpus() -> Iterator[Block]:
-    batch: list[str] = []
-    for doc in default_corpus.documents():
-        batch.append(doc)
-        if len(batch) == 512:
-            yield "records", batch
-            batch = []
-    if batch:
+    yield from _record_blocks(default_corpus.documents(), 512)
+
+
+def _record_blocks(texts: Iterable[str], size: int) -> Iterator[Block]:
+    """Already-decoded texts as blocks of `size` records."""
+    texts = iter(texts)
+    while batch := list(itertools.islice(texts, size)):
         yield "records", batch
 
 

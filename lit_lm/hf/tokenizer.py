@@ -5,6 +5,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from lit_lm.data.tokenizer import load_tokenizer
+
 # The special-token conventions a tokenizer follows (BERT, RoBERTa, GPT-2), and the transformers names of each token.
 SPECIAL_TOKEN_STYLES = {
     "bert": {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
@@ -20,14 +22,13 @@ def read_tokenizer(source: "str | Path | Tokenizer") -> Tokenizer:
     if isinstance(source, Tokenizer):
         return source
     path = Path(source).expanduser()
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
+    if not (path / "tokenizer.json" if path.is_dir() else path).is_file():
         raise FileNotFoundError(
-            f"tokenizer: {str(path)!r} is neither a tokenizer.json nor a folder holding one. Pass the tokenizer the "
+            f"tokenizer: {str(source)!r} is neither a tokenizer.json nor a folder holding one. Pass the tokenizer the "
             f"run used: its data store folder (printed as 'data: built/reusing <folder>' when training starts) or "
             f"the data.tokenizer.path it was given."
         )
-    return Tokenizer.from_file(str(file))
+    return load_tokenizer(path)  # a malformed file: a TokenizerError saying so
 
 
 def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:

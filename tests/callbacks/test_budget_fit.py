@@ -9,10 +9,9 @@ import pytest
 import torch
 import yaml
 
-from lightning.pytorch.callbacks import Callback
 
 from lit_lm.cli import LitLMCLI, main
-from tests.conftest import ROOT, write_corpus
+from tests.conftest import ROOT, InterruptAt, write_corpus
 
 RECIPES = ROOT / "configs" / "recipes"
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
@@ -77,16 +76,6 @@ def test_original_recipe_keeps_a_fixed_batch_and_bert_schedule(big_corpus):
     assert not column(rows, "train/batch_size")  # no ramp
     assert column(rows, "train/tokens_seen")[-1] == pytest.approx(4 * 8 * 8 * 32, rel=0.05)  # packed: few pads
 
-
-class InterruptAt(Callback):
-    """Presses Ctrl-C when training reaches a given optimizer step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_an_interrupted_time_budget_run_resumes_its_clock_ramp_and_token_count(big_corpus):

@@ -7,7 +7,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_lm.cli import LitLMCLI
-from tests.conftest import ROOT
+from tests.conftest import ROOT, InterruptAt
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
@@ -27,14 +27,6 @@ class RecordRows(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.rows += [tuple(r) for r in batch["input_ids"].tolist()]
 
-
-class InterruptAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(autouse=True)
