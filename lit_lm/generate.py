@@ -143,7 +143,8 @@ def load_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> tu
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_lm.generate",
                                      description="Continue a prompt with a trained causal-LM checkpoint.")
-    parser.add_argument("--checkpoint", required=True, help="a CausalLMModule checkpoint, e.g. runs/x/checkpoints/last.ckpt")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a CausalLMModule checkpoint, e.g. runs/x/checkpoints/last.ckpt")
     parser.add_argument("--prompt", default="", help="the text to continue ('' starts a new document)")
     parser.add_argument("--tokenizer", help="the run's tokenizer, if the checkpoint lacks it")
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -25,7 +25,8 @@ def check_decoder_config(config: TransformerConfig) -> None:
     """Reject the encoder-only switches, which have no causal meaning."""
     problems = [name for name, on in (
         ("relative_positions: disentangled (use rotary or t5)", config.relative_positions == "disentangled"),
-        ("conv_kernel_size (nGiE looks both ways; Primer's causal one is qkv_conv_kernel_size)", config.conv_kernel_size),
+        ("conv_kernel_size (nGiE looks both ways; Primer's causal one is qkv_conv_kernel_size)",
+         config.conv_kernel_size),
         ("head_position_embedding", config.head_position_embedding),
         ("sparse_prediction (a decoder predicts every next token)", config.sparse_prediction),
     ) if on]
@@ -80,7 +81,7 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         output_attentions: bool = False,
     ) -> DecoderOutput:
-        """``attention_mask`` covers the cached positions too (``[batch, cache.length + seq]``) when a cache is given."""
+        """``attention_mask`` covers the cached positions too (``[batch, cache.length + seq]``) with a cache."""
         seq = input_ids.shape[1]
         start = cache.length if cache is not None else 0
         x = self.token_embedding(input_ids)

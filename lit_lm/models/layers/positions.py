@@ -35,7 +35,8 @@ class LearnedPositionEmbedding(nn.Module):
         first = self.offset + start
         if first + seq_len > len(self.weight):
             raise ValueError(
-                f"sequence of {start + seq_len} tokens is longer than the model takes ({len(self.weight) - self.offset}: "
+                f"sequence of {start + seq_len} tokens is longer than the model takes "
+                f"({len(self.weight) - self.offset}: "
                 f"model.max_position_embeddings minus position_offset); shorten data.seq_length (or the prompt and "
                 f"max_new_tokens) or raise max_position_embeddings."
             )
@@ -139,7 +140,8 @@ def t5_bucket(relative: torch.Tensor, buckets: int, max_distance: int, bidirecti
 
 class T5RelativeBias(nn.Module):
     """T5's relative attention bias (Raffel et al. 2020): one learned scalar per head and distance bucket, added to
-    the attention scores of every layer. ``forward(seq_len, start)`` returns ``[1, heads, seq_len, start + seq_len]``."""
+    the attention scores of every layer. ``forward(seq_len, start)`` returns
+    ``[1, heads, seq_len, start + seq_len]``."""
 
     def __init__(self, config: TransformerConfig, causal: bool) -> None:
         super().__init__()
