@@ -11,7 +11,7 @@ MFU is nanoGPT's estimate: 6N + 12 L H Q T FLOPs per token (N parameters without
 H heads, Q head size, T sequence length), times tokens per second, over the best FLOP/s of a 1024^3 matmul
 measured in this run in the same precision (fp32, or bf16 for the autocast rows: see ``matmul_peak``).
 
-    python benchmarks/decoder_throughput.py                      # everything (about 10 minutes on one CPU core)
+    python benchmarks/decoder_throughput.py                      # everything (about 11 minutes on one CPU core)
     python benchmarks/decoder_throughput.py --shapes 256x4 --precisions fp32 --steps 3
 
 The last line is one JSON object with every row.
