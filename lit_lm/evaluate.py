@@ -107,8 +107,10 @@ def read_text(path: str | Path, max_bytes: int | None = None) -> str:
         raise FileNotFoundError(f"--file {str(path)!r} does not exist.")
     data = path.read_bytes()[:max_bytes] if max_bytes else path.read_bytes()
     try:
-        return data.decode("utf-8", errors="strict" if not max_bytes else "ignore")  # a cut may split a character
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
+        if max_bytes and err.start >= len(data) - 3:  # the cut split the last character: drop its first bytes
+            return data[: err.start].decode("utf-8")
         raise ValueError(f"--file {str(path)!r} is not UTF-8 text ({err}).") from None
 
 

@@ -99,3 +99,5 @@ def test_bad_settings_are_clear_errors(tokenizer, tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe text")
     with pytest.raises(ValueError, match="not UTF-8"):
         read_text(tmp_path / "bad.txt")
+    (tmp_path / "cut.txt").write_text("caf\u00e9 au lait")
+    assert read_text(tmp_path / "cut.txt", max_bytes=4) == "caf"  # a cut inside a character drops it
