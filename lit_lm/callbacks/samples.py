@@ -57,8 +57,10 @@ class TextSamples(Callback):
             raise ValueError("TextSamples needs a datamodule with a tokenizer (lit_lm.data.PretrainingDataModule).")
         device = next(pl_module.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
+        eos_token_id = pl_module.hparams.get("eos_token_id")  # None: the tokenizer's end-of-text token
         new = [[trainer.global_step, prompt, generate_text(pl_module.model, tokenizer, prompt, self.max_new_tokens,
-                                                           generator=generator, **self.settings)]
+                                                           eos_token_id=eos_token_id, generator=generator,
+                                                           **self.settings)]
                for prompt in self.prompts]
         self.rows += new
         for logger in trainer.loggers:
