@@ -229,7 +229,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "budget_comparison", "minutes_per_run": args.minutes, "data": str(args.data),
         "eval": {"sequences": len(eval_set["inputs"]), "masked_tokens": n_masked, "mask_rate": EVAL_MASK_RATE},
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "precision_auto": precision,
+        "machine": f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}", "precision_auto": precision,
         "runs": results,
     }))
 
