@@ -131,9 +131,9 @@ def held_out_loss(checkpoint: Path, eval_set: dict, batch_size: int = 64) -> flo
     return total / count
 
 
-def read_run(run_dir: Path) -> dict:
-    """What a finished run did, from its last checkpoint (steps, tokens, training seconds) and its logged metrics."""
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+def read_run(run_dir: Path, checkpoint_path: Path) -> dict:
+    """What a finished run did, from its final checkpoint (steps, tokens, training seconds) and its logged metrics."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     callbacks = checkpoint["callbacks"]
     tokens = next((state["tokens_seen"] for key, state in callbacks.items() if key.startswith("ThroughputMFU")), None)
     seconds = next(state["time_elapsed"]["train"] for key, state in callbacks.items() if key.startswith("Timer"))
@@ -160,10 +160,16 @@ def train(name: str, cfg: dict, run_dir: Path) -> dict:
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config_path)],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
+    checkpoint, diverged = run_dir / "checkpoints" / "last.ckpt", None
     if proc.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-2000:]
-        raise RuntimeError(f"run {name} failed (exit {proc.returncode}); the end of {run_dir / 'train.log'}:\n{tail}")
-    return {"process_seconds": round(seconds, 1), "load_average_at_start": round(load, 2), **read_run(run_dir)}
+        stopped = sorted((run_dir / "checkpoints").glob("nonfinite-step*.ckpt"))
+        if not stopped:
+            raise RuntimeError(f"run {name} failed (exit {proc.returncode}); the end of {run_dir / 'train.log'}:\n{tail}")
+        # StopOnNonFiniteLoss ended it: score the last good weights, and say so in the table
+        checkpoint, diverged = stopped[-1], int(stopped[-1].stem.removeprefix("nonfinite-step"))
+    return {"process_seconds": round(seconds, 1), "load_average_at_start": round(load, 2),
+            "diverged_at_step": diverged, "checkpoint": str(checkpoint), **read_run(run_dir, checkpoint)}
 
 
 def main() -> None:
@@ -205,7 +211,7 @@ def main() -> None:
         result = {"run": name, "recipe": "original-bert" if name == "original" else "crammed-bert",
                   "change": ABLATIONS[name][0] if name in ABLATIONS else "",
                   **train(name, cfg, args.out / name)}
-        result["held_out_mlm_loss"] = round(held_out_loss(args.out / name / "checkpoints" / "last.ckpt", eval_set), 4)
+        result["held_out_mlm_loss"] = round(held_out_loss(Path(result["checkpoint"]), eval_set), 4)
         results.append(result)
         print(f"[{name}] held-out MLM loss {result['held_out_mlm_loss']:.4f} after {result['steps']} steps, "
               f"{result['tokens_seen'] or 0:.0f} tokens ({result['tokens_per_sec'] or 0:.0f} tokens/s)", flush=True)
@@ -216,12 +222,14 @@ def main() -> None:
     for r in results:
         delta = "" if reference is None else f"{r['held_out_mlm_loss'] - reference:+.3f}"
         change = "the 2018 recipe" if r["run"] == "original" else r["change"]
+        if r["diverged_at_step"] is not None:
+            change += f" (loss non-finite at step {r['diverged_at_step']}: scored the last good weights)"
         print(f"| {r['run']} | {change} | {r['steps']} | {r['tokens_seen'] or 0:.0f} | {r['tokens_per_sec'] or 0:.0f} | "
               f"{r['held_out_mlm_loss']:.3f} | {delta} |")
     print(json.dumps({
         "benchmark": "budget_comparison", "minutes_per_run": args.minutes, "data": str(args.data),
         "eval": {"sequences": len(eval_set["inputs"]), "masked_tokens": n_masked, "mask_rate": EVAL_MASK_RATE},
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "precision_auto": precision,
+        "machine": f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}", "precision_auto": precision,
         "runs": results,
     }))
 

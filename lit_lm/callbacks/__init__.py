@@ -1,11 +1,12 @@
 """Callbacks for what Lightning itself lacks, and the training-budget helpers they share."""
 
 from lit_lm.callbacks.batch_size import BatchSizeRamp
+from lit_lm.callbacks.checkpoint import ModelCheckpoint
 from lit_lm.callbacks.loss_summary import LossSummary
 from lit_lm.callbacks.lr_schedule import OneCycleLR
 from lit_lm.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_lm.callbacks.samples import TextSamples
 from lit_lm.callbacks.throughput import ThroughputMFU
 
-__all__ = ["BatchSizeRamp", "LossSummary", "NonFiniteLossError", "OneCycleLR", "StopOnNonFiniteLoss", "TextSamples",
-           "ThroughputMFU"]
+__all__ = ["BatchSizeRamp", "LossSummary", "ModelCheckpoint", "NonFiniteLossError", "OneCycleLR", "StopOnNonFiniteLoss",
+           "TextSamples", "ThroughputMFU"]
