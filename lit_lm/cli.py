@@ -24,6 +24,7 @@ DATA_TO_MODEL_LINKS = {
     "data.special_token_ids": "model.init_args.special_token_ids",
     "data.mask_token_id": "model.init_args.mask_token_id",
     "data.seq_length": "model.init_args.seq_length",
+    "data.eos_token_id": "model.init_args.eos_token_id",
 }
 
 

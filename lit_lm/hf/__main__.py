@@ -1,4 +1,4 @@
-"""``python -m lit_lm.hf export CHECKPOINT FOLDER --tokenizer PATH``: a trained run -> a HuggingFace model folder."""
+"""``python -m lit_lm.hf export CHECKPOINT FOLDER [--tokenizer PATH]``: a trained run -> a HuggingFace model folder."""
 
 import argparse
 import sys
@@ -10,12 +10,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_lm.hf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser(
-        "export", help="write a lit-lm checkpoint as a folder AutoModelForMaskedLM and AutoTokenizer load")
-    export.add_argument("checkpoint", help="a Lightning checkpoint of a masked-LM run, e.g. runs/x/checkpoints/last.ckpt")
+        "export", help="write a lit-lm checkpoint as a folder AutoModelForMaskedLM (encoders) or AutoModelForCausalLM "
+                       "(decoders) and AutoTokenizer load")
+    export.add_argument("checkpoint", help="a Lightning checkpoint of a lit-lm run, e.g. runs/x/checkpoints/last.ckpt")
     export.add_argument("folder", help="the folder to write")
-    export.add_argument("--tokenizer", required=True,
+    export.add_argument("--tokenizer", default=None,
                         help="the tokenizer the run used: its data store folder (printed as 'data: built/reusing "
-                             "<folder>' when training starts), a tokenizer.json, or the data.tokenizer.path it was given")
+                             "<folder>' when training starts), a tokenizer.json, or the data.tokenizer.path it was "
+                             "given; optional for causal-LM checkpoints, which hold theirs")
     export.add_argument("--architecture", default="auto", choices=ARCHITECTURES,
                         help="'auto': the built-in transformers class when one represents the model exactly, "
                              "otherwise self-contained custom code (load with trust_remote_code=True)")

@@ -29,6 +29,7 @@ def _common_unsupported(config: TransformerConfig) -> list[str]:
     """What none of BERT, RoBERTa and DeBERTa-v2 can represent."""
     problems = []
     checks = [
+        (config.relative_positions in ("none", "disentangled"), f"relative_positions: {config.relative_positions}"),
         (config.norm == "layernorm", "norm: rmsnorm"),
         (config.norm_placement == "post", "norm_placement: pre"),
         (config.embedding_norm, "embedding_norm: false"),

@@ -7,12 +7,13 @@ from tokenizers import Tokenizer
 
 from lit_lm.data.tokenizer import load_tokenizer
 
-# The special-token conventions a masked-LM tokenizer follows, and the transformers names of each token.
+# The special-token conventions a tokenizer follows (BERT, RoBERTa, GPT-2), and the transformers names of each token.
 SPECIAL_TOKEN_STYLES = {
     "bert": {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
              "mask_token": "[MASK]"},
     "roberta": {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
                 "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"},
+    "gpt": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
 }
 
 
@@ -31,12 +32,13 @@ def read_tokenizer(source: "str | Path | Tokenizer") -> Tokenizer:
 
 
 def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
-    """The transformers special-token settings of a BERT-style ([CLS] ...) or RoBERTa-style (<s> ...) tokenizer."""
+    """The transformers special-token settings of a BERT-style ([CLS] ...), RoBERTa-style (<s> ...) or GPT-2-style
+    (<|endoftext|>) tokenizer."""
     for style in SPECIAL_TOKEN_STYLES.values():
         if all(tokenizer.token_to_id(token) is not None for token in style.values()):
             return dict(style)
     wanted = " or ".join(" ".join(sorted(set(s.values()))) for s in SPECIAL_TOKEN_STYLES.values())
-    raise ValueError(f"tokenizer: it lacks the special tokens of a masked-LM tokenizer ({wanted}).")
+    raise ValueError(f"tokenizer: it lacks the special tokens of a BERT, RoBERTa or GPT-2 tokenizer ({wanted}).")
 
 
 def save_tokenizer(source: "str | Path | Tokenizer", folder: str | Path, model_max_length: int) -> None:

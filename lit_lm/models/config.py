@@ -9,7 +9,7 @@ NormPlacement = Literal["pre", "post"]
 ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
 PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
 PositionEmbedding = Literal["learned", "none"]
-RelativePositions = Literal["none", "disentangled"]
+RelativePositions = Literal["none", "disentangled", "rotary", "t5"]
 RelativeTerm = Literal["c2p", "p2c"]
 
 
@@ -39,14 +39,19 @@ class TransformerConfig:
     position_offset: int = 0
     """Index of the first position in the learned table; RoBERTa starts past its padding index, at 2."""
     relative_positions: RelativePositions = "none"
-    """Relative positions inside attention: 'none', or 'disentangled' (DeBERTa, He et al. 2021)."""
+    """Relative positions inside attention: 'none', 'disentangled' (DeBERTa, He et al. 2021; encoders only),
+    'rotary' (queries and keys rotated by their position, Su et al. 2021) or 't5' (a learned per-head bias for each
+    bucket of distances, Raffel et al. 2020). Combine rotary and t5 with position_embedding: none."""
+    rotary_base: float = 10000.0
+    """Base of the rotary embedding's frequencies (relative_positions: rotary)."""
     relative_terms: tuple[RelativeTerm, ...] = ("c2p", "p2c")
     """Disentangled attention terms: 'c2p' (content-to-position) and/or 'p2c' (position-to-content)."""
     position_buckets: int = 0
-    """Log-bucket relative distances into this many buckets each way (DeBERTa-v3: 256); 0 keeps exact distances."""
+    """Log-bucket relative distances into this many buckets each way (DeBERTa-v3: 256); 0 keeps exact distances.
+    With relative_positions: t5, the number of buckets of the bias (T5: 32; half exact, half logarithmic)."""
     max_relative_positions: int = 0
     """Distance at which the log buckets end, or, without buckets, beyond which distances are clipped;
-    0 uses max_position_embeddings."""
+    0 uses max_position_embeddings (T5 uses 128)."""
     share_att_key: bool = False
     """Project relative embeddings with each layer's own query/key projections instead of separate ones (DeBERTa-v3)."""
     relative_embedding_norm: bool = False
@@ -163,6 +168,20 @@ class TransformerConfig:
 
     def _check_relative_positions(self) -> None:
         if self.relative_positions == "none":
+            return
+        if self.relative_positions == "rotary":
+            if self.head_dim % 2 or self.rotary_base <= 1:
+                raise ValueError(f"model config: rotary positions need an even head size (hidden_size / num_heads = "
+                                 f"{self.head_dim}) and rotary_base > 1 (got {self.rotary_base}).")
+            return
+        if self.relative_positions == "t5":
+            if self.position_buckets < 2:
+                raise ValueError(f"model config: relative_positions t5 needs position_buckets >= 2 (T5: 32), "
+                                 f"got {self.position_buckets}.")
+            if self.relative_max_distance <= self.position_buckets // 2:
+                raise ValueError(f"model config: with relative_positions t5, max_relative_positions (or "
+                                 f"max_position_embeddings) must exceed position_buckets / 2, got "
+                                 f"{self.relative_max_distance}.")
             return
         if not self.relative_terms or not set(self.relative_terms) <= {"c2p", "p2c"}:
             raise ValueError(

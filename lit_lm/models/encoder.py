@@ -12,7 +12,7 @@ from lit_lm.models.layers.block import TransformerBlock
 from lit_lm.models.layers.conv import NGramInducedEmbedding
 from lit_lm.models.layers.heads import MaskedLMHead
 from lit_lm.models.layers.norms import build_norm
-from lit_lm.models.layers.positions import LearnedPositionEmbedding, RelativePositionEmbedding
+from lit_lm.models.layers.positions import LearnedPositionEmbedding, build_relative_positions
 from lit_lm.models.output import LMOutput
 
 IGNORE_INDEX = -100
@@ -49,9 +49,7 @@ class Encoder(nn.Module):
         )
         self.embedding_norm = build_norm(config) if config.embedding_norm else nn.Identity()
         self.embedding_dropout = nn.Dropout(config.dropout)
-        self.relative_positions = (  # DeBERTa's disentangled attention: He et al. 2021
-            RelativePositionEmbedding(config) if config.relative_positions == "disentangled" else None
-        )
+        self.relative_positions = build_relative_positions(config, causal=False)
         self.ngie = NGramInducedEmbedding(config) if config.conv_kernel_size else None
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_norm = build_norm(config) if config.final_norm else nn.Identity()
@@ -131,6 +129,21 @@ def select_predictions(
     return hidden[index], torch.where(used, labels[index], IGNORE_INDEX)
 
 
+def init_module(module: nn.Module, std: float) -> None:
+    """Normal(0, std) weights, zero biases and padding embedding; layers with their own rule use it."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif hasattr(module, "init_weights"):  # layers with their own parameters: positions, experts, talking heads
+        module.init_weights(std)
+
+
 class EncoderForMaskedLM(nn.Module):
     """Encoder plus MLM head: ``model(input_ids, attention_mask=None, labels=None) -> LMOutput``."""
 
@@ -147,18 +160,7 @@ class EncoderForMaskedLM(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif hasattr(module, "init_weights"):  # layers with their own parameters: positions, experts, talking heads
-            module.init_weights(std)
+        init_module(module, self.config.initializer_range)
 
     def forward(
         self,

@@ -1,6 +1,7 @@
 """LightningModules: pretraining objectives wrapped around the pure-torch models."""
 
+from lit_lm.modules.causal_lm import CausalLMModule
 from lit_lm.modules.masked_lm import MaskedLMModule
 from lit_lm.modules.optim import OptimizerConfig
 
-__all__ = ["MaskedLMModule", "OptimizerConfig"]
+__all__ = ["CausalLMModule", "MaskedLMModule", "OptimizerConfig"]

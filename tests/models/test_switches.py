@@ -26,6 +26,8 @@ EVERY_SWITCH = {
     "moe": dict(moe_experts=4, moe_top_k=2, moe_capacity_factor=4.0),
     "mixture-of-softmaxes": dict(output_softmaxes=3),
     "swiglu": dict(activation="swiglu"),
+    "rotary": dict(relative_positions="rotary", position_embedding="none"),
+    "t5-buckets": dict(relative_positions="t5", position_embedding="none", position_buckets=8),
     "deberta": dict(relative_positions="disentangled", position_embedding="none", position_buckets=8,
                     share_att_key=True, relative_embedding_norm=True, conv_kernel_size=3, head_position_embedding=True),
 }

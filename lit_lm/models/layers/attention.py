@@ -7,6 +7,7 @@ from torch import nn
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.conv import DepthwiseSequenceConv
 from lit_lm.models.layers.disentangled import DisentangledAttentionBias
+from lit_lm.models.layers.positions import apply_rotary
 
 
 class TalkingHeads(nn.Module):
@@ -39,6 +40,8 @@ class SelfAttention(nn.Module):
 
     ``causal=True`` lets each position attend only to itself and earlier ones (decoders). The fast path is SDPA;
     talking heads or a request for the attention weights take the explicit path, which computes the same thing.
+    With a ``cache`` (``LayerCache``), the keys and values of earlier positions come from it and the new ones are
+    appended: incremental decoding, one or more new tokens at a time.
     """
 
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
@@ -47,6 +50,7 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.causal = causal
         self.scale = config.attention_scale
+        self.relative_kind = config.relative_positions
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.qkv_conv = (  # Primer: depthwise convolution after the Q/K/V projections (So et al. 2021)
             DepthwiseSequenceConv(3 * config.hidden_size, config.qkv_conv_kernel_size, causal, config.qkv_bias)
@@ -67,25 +71,36 @@ class SelfAttention(nn.Module):
         relative: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [batch, seq, hidden]; key_mask: bool [batch, 1, 1, seq], True = attend (None: nothing padded);
+        """x: [batch, seq, hidden]; key_mask: bool [batch, 1, 1 or seq, keys], True = attend (None: nothing padded);
         relative: what the model's relative positions computed for this forward (see layers/positions.py);
-        token_mask: float [batch, seq, 1], 1 = real token, for layers that mix along the sequence.
-        Returns the output and, with ``need_weights``, the attention weights [batch, heads, seq, seq]."""
+        token_mask: float [batch, seq, 1], 1 = real token, for layers that mix along the sequence;
+        cache: this layer's ``LayerCache`` in incremental decoding (keys = cached positions + seq), else None.
+        Returns the output and, with ``need_weights``, the attention weights [batch, heads, seq, keys]."""
         batch, seq, hidden = x.shape
         qkv = self.qkv(x)
         if self.qkv_conv is not None:
-            qkv = self.qkv_conv(qkv, token_mask)
+            qkv = self.qkv_conv(qkv, token_mask, cache)
         q, k, v = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.relative_kind != "none" and relative is None:
+            raise ValueError(f"{self.relative_kind} attention needs the model's relative positions (relative=)")
+        if self.relative_kind == "rotary":  # RoFormer: Su et al. 2021
+            q, k = apply_rotary(q, relative), apply_rotary(k, relative)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        keys = k.shape[2]
         bias = None
         if self.relative is not None:
-            if relative is None:
-                raise ValueError("disentangled attention needs the model's relative position embeddings (relative=)")
             bias = self.relative(q, k, relative, self.qkv)
+        elif self.relative_kind == "t5":  # T5's bucketed bias: Raffel et al. 2020
+            bias = relative.to(q.dtype)
         allowed = key_mask
         explicit = need_weights or self.talking_heads is not None
-        if self.causal and (allowed is not None or bias is not None or explicit):
-            allowed = causal_mask(seq, seq, x.device) if allowed is None else allowed & causal_mask(seq, seq, x.device)
+        causal = self.causal and seq > 1  # a single new token may attend to every cached one
+        if causal and (allowed is not None or bias is not None or explicit or keys != seq):
+            mask = causal_mask(seq, keys, x.device)
+            allowed = mask if allowed is None else allowed & mask
         dropout = self.attention_dropout if self.training else 0.0
         weights = None
         if explicit:
@@ -93,10 +108,10 @@ class SelfAttention(nn.Module):
         else:
             mask = allowed
             if bias is not None:
-                mask = bias if allowed is None else bias.masked_fill(~allowed, torch.finfo(bias.dtype).min)
+                mask = bias if allowed is None else torch.where(allowed, bias, torch.finfo(bias.dtype).min)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale,
-                is_causal=self.causal and mask is None,
+                is_causal=causal and mask is None,
             )
         y = y.transpose(1, 2).reshape(batch, seq, hidden)
         return self.out_dropout(self.out(y)), weights

@@ -39,14 +39,15 @@ class TransformerBlock(nn.Module):
         relative: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache=None,
     ) -> BlockOutput:
         """Arguments as ``SelfAttention.forward``."""
         if self.pre_norm:
-            h, weights = self.attn(self.attn_norm(x), key_mask, relative, token_mask, need_weights)
+            h, weights = self.attn(self.attn_norm(x), key_mask, relative, token_mask, need_weights, cache)
             x = x + h
             h, aux_loss = self._ffn(self.ffn_norm(x), token_mask)
             return BlockOutput(x + h, weights, aux_loss)
-        h, weights = self.attn(x, key_mask, relative, token_mask, need_weights)
+        h, weights = self.attn(x, key_mask, relative, token_mask, need_weights, cache)
         x = self.attn_norm(x + h)
         h, aux_loss = self._ffn(x, token_mask)
         return BlockOutput(self.ffn_norm(x + h), weights, aux_loss)

@@ -13,7 +13,8 @@ class DepthwiseSequenceConv(nn.Module):
     """One small filter per channel, sliding along the sequence; causal (looking back only) for decoders.
 
     ``token_mask`` ([batch, seq, 1], 1 = real token) zeroes padding first, so a padded sequence gives the same
-    outputs at its real positions as the unpadded one.
+    outputs at its real positions as the unpadded one. With a ``cache`` (a causal conv in incremental decoding), the
+    inputs of the previous ``kernel_size - 1`` positions come from ``cache.conv_history`` instead of zero padding.
     """
 
     def __init__(self, channels: int, kernel_size: int, causal: bool = False, bias: bool = True) -> None:
@@ -22,12 +23,22 @@ class DepthwiseSequenceConv(nn.Module):
             raise ValueError(f"model config: qkv_conv_kernel_size must be odd in an encoder (centred on each token), "
                              f"got {kernel_size}.")
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
+        self.causal = causal
         self.padding = (kernel_size - 1, 0) if causal else (kernel_size // 2, kernel_size // 2)
 
-    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
         if token_mask is not None:
             x = x * token_mask
-        return self.conv(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2)
+        if cache is None:
+            return self.conv(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2)
+        if not self.causal:
+            raise ValueError("a KV cache needs a causal convolution (a decoder)")
+        history = cache.conv_history
+        if history is None:
+            history = x.new_zeros(x.shape[0], self.padding[0], x.shape[2])
+        window = torch.cat([history, x], dim=1)
+        cache.conv_history = window[:, window.shape[1] - self.padding[0]:]
+        return self.conv(window.transpose(1, 2)).transpose(1, 2)
 
 
 class NGramInducedEmbedding(nn.Module):

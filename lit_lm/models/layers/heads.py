@@ -28,16 +28,18 @@ class MixtureOfSoftmaxes(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head: optional transform (dense, activation, norm), then a projection onto the vocabulary."""
+    """BERT's MLM head: optional transform (dense, activation, norm), then a projection onto the vocabulary.
+    Decoders use it too, with ``output_bias=False`` (GPT-2's output projection has no bias)."""
 
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, config: TransformerConfig, output_bias: bool | None = None) -> None:
         super().__init__()
         self.transform = config.head_transform
         if self.transform:
             self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
             self.act = activation_fn(config.head_activation)
             self.norm = build_norm(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.bias)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size,
+                                 bias=config.bias if output_bias is None else output_bias)
         self.mixture = MixtureOfSoftmaxes(config) if config.output_softmaxes > 1 else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

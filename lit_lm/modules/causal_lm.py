@@ -1,0 +1,138 @@
+"""Causal (next-token) language-model pretraining as a LightningModule."""
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torchmetrics import MeanMetric
+
+from lit_lm.models import DecoderForCausalLM, TransformerConfig
+from lit_lm.models.encoder import IGNORE_INDEX
+from lit_lm.modules.masked_lm import MaskedLMModule
+from lit_lm.modules.optim import OptimizerConfig
+
+# GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
+GPT2_SMALL = TransformerConfig(
+    vocab_size=50257, max_position_embeddings=1024, type_vocab_size=0, norm_placement="pre", final_norm=True,
+    embedding_norm=False, head_transform=False, activation="gelu_tanh", norm_eps=1e-5,
+)
+
+
+def next_token_labels(batch: dict) -> torch.Tensor:
+    """The targets of a batch: its own ids, -100 on padding (the model shifts them by one)."""
+    input_ids, mask = batch["input_ids"], batch.get("attention_mask")
+    return input_ids if mask is None else input_ids.masked_fill(mask == 0, IGNORE_INDEX)
+
+
+class CausalLMModule(L.LightningModule):
+    """Pretrains a decoder by predicting each next token (GPT, Radford et al. 2018). Rows are documents packed
+    back to back, each followed by the end-of-text token, so the model also learns where documents end.
+
+    Args:
+        config: The decoder's shape and switches (the default is GPT-2 small's architecture).
+        optimizer: AdamW settings.
+        seq_length: Tokens per training sequence. Set from the data by the CLI; checked against the position table.
+        eos_token_id: The end-of-text token that separates documents. Set from the tokenizer by the CLI; the sample
+            callback stops generating at it.
+        compile: Run the model through ``torch.compile``; if compiling fails, say why and continue uncompiled.
+
+    Logs ``train/loss``, ``val/loss`` (mean next-token cross-entropy in nats over the validation tokens) and
+    ``val/ppl`` (its exponential: token-level perplexity).
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig = GPT2_SMALL,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        seq_length: int = 128,
+        eos_token_id: int | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(config, dict):  # as stored in checkpoints written through the CLI
+            config = TransformerConfig(**config)
+        if isinstance(optimizer, dict):
+            optimizer = OptimizerConfig(**optimizer)
+        if config.position_embedding == "learned" and seq_length > config.max_sequence_length:
+            raise ValueError(
+                f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
+                f"({config.max_position_embeddings}, minus position_offset); lower the first or raise the second."
+            )
+        if eos_token_id is not None and not 0 <= eos_token_id < config.vocab_size:
+            raise ValueError(f"the end-of-text id {eos_token_id} falls outside the vocabulary of {config.vocab_size}; "
+                             f"the tokenizer and model.config.vocab_size disagree.")
+        self.save_hyperparameters()
+        self.config = config
+        self.optimizer_config = optimizer
+        self.model = DecoderForCausalLM(config)
+        self.val_loss = MeanMetric()
+        # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model
+        self._compiled_forward = torch.compile(self.model.forward) if compile else None
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        if self._compiled_forward is not None:
+            try:
+                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels)
+            except Exception as error:  # any compiler failure: fall back to eager, which re-raises real errors
+                self._compiled_forward = None
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                rank_zero_warn(f"model.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
+                               "continuing without it. Set model.compile: false to skip the attempt.")
+        return self.model(input_ids, attention_mask=attention_mask, labels=labels)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch["input_ids"], batch.get("attention_mask"), next_token_labels(batch))
+        self.log("train/loss", out.loss, prog_bar=True)
+        if out.aux_loss is not None:  # mixture of experts: the load-balancing loss trains too
+            self.log("train/aux_loss", out.aux_loss)
+            return out.loss + out.aux_loss
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        labels = next_token_labels(batch)
+        out = self(batch["input_ids"], batch.get("attention_mask"), labels)
+        n_targets = (labels[:, 1:] != IGNORE_INDEX).sum()
+        if n_targets > 0:
+            self.val_loss.update(out.loss, weight=n_targets)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count == 0:
+            return
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", loss.exp())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    # the same optimizer groups and the same checkpoint check as masked-LM pretraining
+    configure_optimizers = MaskedLMModule.configure_optimizers
+    on_load_checkpoint = MaskedLMModule.on_load_checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the run's tokenizer in the checkpoint, so generation and evaluation need nothing else."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            checkpoint["tokenizer"] = tokenizer.to_str()
+
+    def training_flops(self, batch: dict) -> int:
+        """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
+        sequence, times the number of sequences), for MFU. Leaves the gradients as they were."""
+        row = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        params = list(self.model.parameters())
+        grads = [p.grad for p in params]  # set aside, so the measuring backward cannot add to them
+        for param in params:
+            param.grad = None
+        with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels escape the FLOP counter
+            flops = measure_flops(self.model, lambda: self.model(row["input_ids"], row.get("attention_mask"),
+                                                                 next_token_labels(row)),
+                                  loss_fn=lambda out: out.loss)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        return flops * len(batch["input_ids"])

@@ -1,0 +1,116 @@
+"""CausalLMModule end to end: the decoder quickstart through train.py, then generation and perplexity on its
+checkpoint from the command line; the loss falling; FLOPs; sample logging to wandb."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from lit_lm.callbacks import TextSamples
+from lit_lm.data import PretrainingDataModule
+from lit_lm.data.tokenizer import TokenizerConfig
+from lit_lm.evaluate import main as evaluate_main
+from lit_lm.generate import main as generate_main
+from lit_lm.hf.__main__ import main as hf_main
+from lit_lm.models import TransformerConfig
+from lit_lm.modules import CausalLMModule
+from tests.conftest import ROOT
+
+RUN = Path("runs/quickstart-decoder")
+TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
+        "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",
+        "--data.init_args.tokenizer.vocab_size", "300", "--data.init_args.seq_length", "32",
+        "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false"]
+
+
+def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "quickstart-decoder.yaml"),
+           *TINY, "--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph",
+           "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(RUN / "logs" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("train/loss") for r in rows)
+    val = [r for r in rows if r.get("val/loss")]
+    assert len(val) == 2 and all(math.isclose(float(r["val/ppl"]), math.exp(float(r["val/loss"])), rel_tol=1e-4)
+                                 for r in val)
+    samples = (RUN / "logs" / "version_0" / "samples.txt").read_text()
+    assert "--- step 6 | prompt 'The list'" in samples  # logged at the end of training
+    checkpoint = torch.load(RUN / "checkpoints" / "last.ckpt", weights_only=False)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["eos_token_id"] == 0 and hparams["config"]["vocab_size"] <= 300  # linked from the tokenizer
+    assert "<|endoftext|>" in checkpoint["tokenizer"]
+
+    generate_main(["--checkpoint", str(RUN / "checkpoints" / "last.ckpt"), "--prompt", "the quick cat",
+                   "--max-new-tokens", "8", "--temperature", "0"])
+    assert capsys.readouterr().out.startswith("the quick cat")
+    evaluate_main(["perplexity", "--checkpoint", str(RUN / "checkpoints" / "last.ckpt"),
+                   "--file", str(corpus / "doc0.txt"), "--context-length", "32", "--stride", "16"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tokens"] > 100 and 1 < result["token_perplexity"] < 300 and result["bits_per_byte"] > 0
+    transformers = pytest.importorskip("transformers")
+    hf_main(["export", str(RUN / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    assert type(hf).__name__ == "LitLMForCausalLM" and hf.generation_config.eos_token_id == 0  # qkv_bias: false
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True).eos_token == \
+        "<|endoftext|>"
+
+
+def tiny_config(vocab: int) -> TransformerConfig:
+    return TransformerConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                             max_position_embeddings=32, type_vocab_size=0, norm_placement="pre", final_norm=True,
+                             embedding_norm=False, head_transform=False, dropout=0.0, attention_dropout=0.0)
+
+
+def test_training_lowers_the_validation_loss(corpus):
+    torch.manual_seed(0)
+    data = PretrainingDataModule(paths=[str(corpus)], split="paragraph", seq_length=32, batch_size=8,
+                                 tokenizer=TokenizerConfig(kind="byte_bpe", vocab_size=300), progress=False)
+    lm = CausalLMModule(tiny_config(data.vocab_size), seq_length=32, eos_token_id=data.eos_token_id)
+    trainer = L.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=4, num_sanity_val_steps=0)
+    before = trainer.validate(lm, datamodule=data, verbose=False)[0]
+    trainer.fit(lm, datamodule=data)
+    after = trainer.validate(lm, datamodule=data, verbose=False)[0]
+    assert after["val/loss"] < before["val/loss"] - 1.0
+    assert after["val/ppl"] == pytest.approx(math.exp(after["val/loss"]), rel=1e-4)
+
+
+def test_training_flops_count_forward_and_backward():
+    lm = CausalLMModule(tiny_config(300), seq_length=32)
+    batch = {"input_ids": torch.randint(0, 300, (4, 32)), "attention_mask": torch.ones(4, 32, dtype=torch.long)}
+    flops = lm.training_flops(batch)
+    n = sum(p.numel() for p in lm.model.parameters() if p.ndim == 2) - 32 * 32  # matmul weights, not positions
+    assert 0.8 * 6 * n * 4 * 32 < flops < 2.0 * 6 * n * 4 * 32  # about 6N per token, plus attention
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="data.seq_length"):
+        CausalLMModule(tiny_config(300), seq_length=64)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        CausalLMModule(tiny_config(300), seq_length=32, eos_token_id=300)
+
+
+def test_samples_go_to_a_wandb_table():
+    from lit_lm.data.tokenizer import TokenizerConfig as TC, train_tokenizer
+    tokenizer = train_tokenizer(["the cat sees the dog. the dog sees the cat."] * 50, TC(kind="byte_bpe", vocab_size=270))
+    lm = CausalLMModule(tiny_config(tokenizer.get_vocab_size()), seq_length=32)
+    wandb = MagicMock(spec=WandbLogger)
+    trainer = SimpleNamespace(global_step=7, datamodule=SimpleNamespace(tokenizer=tokenizer), loggers=[wandb])
+    TextSamples(prompts=["the cat", ""], max_new_tokens=4).log_samples(trainer, lm)
+    kwargs = wandb.log_text.call_args.kwargs
+    assert kwargs["key"] == "samples" and kwargs["columns"] == ["step", "prompt", "text"] and kwargs["step"] == 7
+    assert [row[:2] for row in kwargs["data"]] == [[7, "the cat"], [7, ""]]
+    assert kwargs["data"][0][2].startswith("the cat")
