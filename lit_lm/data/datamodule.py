@@ -181,6 +181,19 @@ class PretrainingDataModule(L.LightningDataModule):
         if stage == "fit" and self.trainer is not None:
             for logger in self.trainer.loggers:  # the data card on the dashboard, next to the config
                 logger.log_hyperparams({"data_card": self.card})
+            self._fit_validation_interval(len(self.train_store) // (self.batch_size * world))
+
+    def _fit_validation_interval(self, batches: int) -> None:
+        """A recipe's validation interval in batches, written for a large corpus, may exceed a small corpus's one
+        epoch, which Lightning refuses; validate at the end of the epoch instead, and say so."""
+        trainer = self.trainer
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and trainer.check_val_every_n_epoch is not None and 0 < batches < interval:
+            rank_zero_warn(f"data: trainer.val_check_interval {interval} is more than the {batches} batches of this "
+                           f"corpus's one epoch; validating after batch {batches} instead.")
+            trainer.val_check_interval = batches
 
     def train_dataloader(self) -> DataLoader:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)

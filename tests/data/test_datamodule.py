@@ -1,6 +1,7 @@
 import json
 import re
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,8 @@ from lit_lm.data import (CleaningConfig, CorpusError, DedupConfig, PretrainingDa
                          TokenizerConfig)
 from lit_lm.data import pipeline
 from lit_lm.data.pipeline import validation_mask
+from lit_lm.models import TransformerConfig
+from lit_lm.modules import MaskedLMModule
 from tests.conftest import shared_data, write_corpus
 
 
@@ -218,3 +221,19 @@ def test_wikitext_from_shared_data(tmp_path):
     assert dm.card["exact_duplicates"] > 0  # wikitext repeats its section headings
     tokens, lengths = dm.train_store.read(np.arange(10))
     assert tokens.shape == (10, 128) and (tokens[:, 0] == dm.special_tokens.cls).all() and (lengths == 128).all()
+
+
+def test_a_validation_interval_longer_than_the_epoch_validates_at_its_end(corpus, tmp_path):
+    """A recipe written for a large corpus (val_check_interval 10000) still runs on a small one."""
+    data = make(corpus, tmp_path)
+    data.prepare_data()
+    model = MaskedLMModule(TransformerConfig(vocab_size=data.vocab_size, hidden_size=16, num_layers=1, num_heads=2,
+                                             intermediate_size=32, max_position_embeddings=32),
+                           mask_token_id=data.mask_token_id, special_token_ids=data.special_token_ids, seq_length=32)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=10_000, limit_val_batches=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="val_check_interval 10000 is more than the"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.val_check_interval == trainer.num_training_batches
+    assert "val/loss" in trainer.callback_metrics
