@@ -20,7 +20,6 @@ The last line is one JSON object with every row.
 import argparse
 import json
 import os
-import statistics
 import time
 import warnings
 from contextlib import nullcontext
@@ -31,6 +30,8 @@ import torch
 from lit_lm.callbacks.throughput import measure_matmul_flops
 from lit_lm.hf import from_hf
 from lit_lm.models import DecoderForCausalLM
+
+from step_timing import add_step_options, tokens_per_second
 
 VOCAB = 50257  # GPT-2's
 
@@ -80,29 +81,9 @@ def train_step(model, optimizer, ids, autocast) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(models: dict, ids, autocast, steps: int, warmup: int) -> dict[str, float]:
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
-    times = {name: [] for name in models}
-    for step in range(warmup + steps):
-        for name, model in models.items():  # interleaved: a busy machine slows every model alike
-            start = time.perf_counter()
-            train_step(model, optimizers[name], ids, autocast)
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: ids.numel() / statistics.median(t) for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["256x4", "512x8"], help="hidden x layers")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--bf16-batch-size", type=int, default=2,
-                        help="sequences per batch under bf16 autocast, which is several times slower on CPUs without "
-                             "bf16 units (both models always share the batch)")
-    parser.add_argument("--seq-length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (bf16: at least 2)")
-    parser.add_argument("--warmup", type=int, default=1)
+    add_step_options(parser)
     parser.add_argument("--no-crammed", action="store_true", help="skip the 'ours, crammed' column (fp32)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -130,7 +111,8 @@ def main() -> None:
                 models["crammed"] = crammed
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
             steps = max(2, args.steps - 1) if precision == "bf16" else args.steps
-            tps = measure(models, ids, autocast, steps, args.warmup)
+            tps = tokens_per_second(models, lambda m, opt: train_step(m, opt, ids, autocast), ids.numel(), steps,
+                                    args.warmup)
             row = dict(shape=shape, precision=precision, batch=f"{batch_size}x{args.seq_length}",
                        ours_tokens_per_s=round(tps["ours"]),
                        ours_crammed_tokens_per_s=round(tps["crammed"]) if "crammed" in tps else None,

@@ -15,8 +15,6 @@ The last line is one JSON object with every row.
 import argparse
 import json
 import os
-import statistics
-import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import replace
@@ -25,6 +23,8 @@ import torch
 
 from lit_lm.hf import from_hf
 from lit_lm.models import EncoderForMaskedLM
+
+from step_timing import add_step_options, tokens_per_second
 
 FAMILIES = {
     # published vocabularies and the settings of bert-base and deberta-v3-base
@@ -65,33 +65,11 @@ def train_step(model, optimizer, inputs, labels, autocast) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure(models: dict, inputs, labels, autocast, steps: int, warmup: int) -> dict[str, float]:
-    # the same optimizer for every model: fused AdamW, 8x faster than the default per-tensor loop on CPU
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
-    times = {name: [] for name in models}
-    for step in range(warmup + steps):
-        for name, model in models.items():  # interleaved: a busy machine slows every model alike
-            start = time.perf_counter()
-            train_step(model, optimizers[name], inputs, labels, autocast)
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    tokens = inputs.numel()
-    return {name: tokens / statistics.median(t) for name, t in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--shapes", nargs="+", default=["256x4", "512x8"], help="hidden x layers")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--bf16-batch-size", type=int, default=2,
-                        help="sequences per batch under bf16 autocast, which is several times slower on CPUs without "
-                             "bf16 units (both models always share the batch)")
-    parser.add_argument("--seq-length", type=int, default=128)
+    add_step_options(parser)
     parser.add_argument("--mask-rate", type=float, default=0.15)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (bf16: at least 2)")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-dense", action="store_true", help="skip the 'ours, dense prediction' column (fp32)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -119,7 +97,8 @@ def main() -> None:
                     models["ours_dense"] = dense
                 autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
                 steps = max(2, args.steps - 1) if precision == "bf16" else args.steps
-                tps = measure(models, inputs, labels, autocast, steps, args.warmup)
+                tps = tokens_per_second(models, lambda m, opt: train_step(m, opt, inputs, labels, autocast),
+                                        inputs.numel(), steps, args.warmup)
                 row = dict(family=family, shape=shape, precision=precision, batch=f"{batch_size}x{args.seq_length}",
                            ours_tokens_per_s=round(tps["ours"]),
                            ours_dense_tokens_per_s=round(tps["ours_dense"]) if "ours_dense" in tps else None,
