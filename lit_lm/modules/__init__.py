@@ -3,5 +3,6 @@
 from lit_lm.modules.causal_lm import CausalLMModule
 from lit_lm.modules.masked_lm import MaskedLMModule
 from lit_lm.modules.optim import OptimizerConfig
+from lit_lm.modules.pretraining import PretrainingModule
 
-__all__ = ["CausalLMModule", "MaskedLMModule", "OptimizerConfig"]
+__all__ = ["CausalLMModule", "MaskedLMModule", "OptimizerConfig", "PretrainingModule"]

@@ -1,16 +1,12 @@
 """Causal (next-token) language-model pretraining as a LightningModule."""
 
-import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 
 from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models.encoder import IGNORE_INDEX
-from lit_lm.modules.masked_lm import MaskedLMModule
 from lit_lm.modules.optim import OptimizerConfig
+from lit_lm.modules.pretraining import PretrainingModule
 
 # GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
 GPT2_SMALL = TransformerConfig(
@@ -25,7 +21,7 @@ def next_token_labels(batch: dict) -> torch.Tensor:
     return input_ids if mask is None else input_ids.masked_fill(mask == 0, IGNORE_INDEX)
 
 
-class CausalLMModule(L.LightningModule):
+class CausalLMModule(PretrainingModule):
     """Pretrains a decoder by predicting each next token (GPT, Radford et al. 2018). Rows are documents packed
     back to back, each followed by the end-of-text token, so the model also learns where documents end.
 
@@ -67,27 +63,13 @@ class CausalLMModule(L.LightningModule):
         self.optimizer_config = optimizer
         self.model = DecoderForCausalLM(config)
         self.val_loss = MeanMetric()
-        # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model
-        self._compiled_forward = torch.compile(self.model.forward) if compile else None
+        self._compile_if(compile)
 
     def forward(self, input_ids, attention_mask=None, labels=None):
-        if self._compiled_forward is not None:
-            try:
-                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels)
-            except Exception as error:  # any compiler failure: fall back to eager, which re-raises real errors
-                self._compiled_forward = None
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                rank_zero_warn(f"model.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
-                               "continuing without it. Set model.compile: false to skip the attempt.")
-        return self.model(input_ids, attention_mask=attention_mask, labels=labels)
+        return self.run_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self(batch["input_ids"], batch.get("attention_mask"), next_token_labels(batch))
-        self.log("train/loss", out.loss, prog_bar=True)
-        if out.aux_loss is not None:  # mixture of experts: the load-balancing loss trains too
-            self.log("train/aux_loss", out.aux_loss)
-            return out.loss + out.aux_loss
-        return out.loss
+        return self.training_loss(self(batch["input_ids"], batch.get("attention_mask"), next_token_labels(batch)))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         labels = next_token_labels(batch)
@@ -110,10 +92,6 @@ class CausalLMModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
 
-    # the same optimizer groups and the same checkpoint check as masked-LM pretraining
-    configure_optimizers = MaskedLMModule.configure_optimizers
-    on_load_checkpoint = MaskedLMModule.on_load_checkpoint
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run's tokenizer in the checkpoint, so generation and evaluation need nothing else."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -125,14 +103,6 @@ class CausalLMModule(L.LightningModule):
         """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
         sequence, times the number of sequences), for MFU. Leaves the gradients as they were."""
         row = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        params = list(self.model.parameters())
-        grads = [p.grad for p in params]  # set aside, so the measuring backward cannot add to them
-        for param in params:
-            param.grad = None
-        with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels escape the FLOP counter
-            flops = measure_flops(self.model, lambda: self.model(row["input_ids"], row.get("attention_mask"),
-                                                                 next_token_labels(row)),
-                                  loss_fn=lambda out: out.loss)
-        for param, grad in zip(params, grads):
-            param.grad = grad
+        labels = next_token_labels(row)
+        flops = self._step_flops(lambda: self.model(row["input_ids"], row.get("attention_mask"), labels))
         return flops * len(batch["input_ids"])

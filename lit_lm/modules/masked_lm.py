@@ -2,20 +2,17 @@
 
 from dataclasses import replace
 
-import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
-from lightning.pytorch.utilities import rank_zero_warn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens
 from lit_lm.modules.optim import OptimizerConfig
+from lit_lm.modules.pretraining import PretrainingModule
 
 
-class MaskedLMModule(L.LightningModule):
+class MaskedLMModule(PretrainingModule):
     """Pretrains an encoder by predicting masked tokens (BERT, Devlin et al. 2018).
 
     Args:
@@ -92,20 +89,11 @@ class MaskedLMModule(L.LightningModule):
         self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
-        # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model
-        self._compiled_forward = torch.compile(self.model.forward) if compile else None
+        self._compile_if(compile)
 
     def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
-        if self._compiled_forward is not None:
-            try:
-                return self._compiled_forward(input_ids, attention_mask=attention_mask, labels=labels,
-                                              token_type_ids=token_type_ids)
-            except Exception as error:  # any compiler failure: fall back to eager, which re-raises real errors
-                self._compiled_forward = None
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                rank_zero_warn(f"model.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
-                               "continuing without it. Set model.compile: false to skip the attempt.")
-        return self.model(input_ids, attention_mask=attention_mask, labels=labels, token_type_ids=token_type_ids)
+        return self.run_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                              token_type_ids=token_type_ids)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
         return mask_tokens(
@@ -117,12 +105,7 @@ class MaskedLMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         inputs, labels = self._mask(batch["input_ids"])
-        out = self(inputs, batch.get("attention_mask"), labels, batch.get("token_type_ids"))
-        self.log("train/loss", out.loss, prog_bar=True)
-        if out.aux_loss is not None:  # mixture of experts: the load-balancing loss trains too
-            self.log("train/aux_loss", out.aux_loss)
-            return out.loss + out.aux_loss
-        return out.loss
+        return self.training_loss(self(inputs, batch.get("attention_mask"), labels, batch.get("token_type_ids")))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = torch.Generator(device=batch["input_ids"].device)
@@ -140,12 +123,6 @@ class MaskedLMModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        trainer = self._trainer
-        # a fused AdamW unscales fp16 gradients inside its step, too late for Lightning to clip them first
-        fused_allowed = trainer is None or not (str(trainer.precision) == "16-mixed" and trainer.gradient_clip_val)
-        return self.optimizer_config.build(self.model, fused_allowed=fused_allowed)
-
     def training_flops(self, batch: dict) -> int:
         """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
         sequence, times its length), for MFU. Leaves the random state and the gradients as they were."""
@@ -155,30 +132,7 @@ class MaskedLMModule(L.LightningModule):
         device = input_ids.device
         forked_rng = (torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
                       if device.type == "cuda" else torch.random.fork_rng(devices=[]))
-        params = list(self.model.parameters())
-        grads = [p.grad for p in params]  # set aside, so the measuring backward cannot add to them
-        for param in params:
-            param.grad = None
-        with forked_rng, sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels escape the FLOP counter
+        with forked_rng:  # the masks and dropout drawn here leave the training's random stream as it was
             inputs, labels = self._mask(input_ids)
-            flops = measure_flops(self.model, lambda: self.model(inputs, attention_mask, labels),
-                                  loss_fn=lambda out: out.loss)
-        for param, grad in zip(params, grads):
-            param.grad = grad
+            flops = self._step_flops(lambda: self.model(inputs, attention_mask, labels))
         return flops * len(batch["input_ids"])
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one."""
-        own = self.state_dict()
-        for name, tensor in checkpoint.get("state_dict", {}).items():
-            if name in own and own[name].shape != tensor.shape:
-                saved = checkpoint.get("hyper_parameters", {}).get("config")
-                saved_vocab = saved.get("vocab_size") if isinstance(saved, dict) else getattr(saved, "vocab_size", None)
-                hint = ""
-                if saved_vocab is not None and saved_vocab != self.config.vocab_size:
-                    hint = (f" The checkpoint has a vocabulary of {saved_vocab} tokens but the tokenizer now has "
-                            f"{self.config.vocab_size}: resume with the data and tokenizer settings it was trained with.")
-                raise ValueError(
-                    f"checkpoint does not fit this model: {name} is {tuple(tensor.shape)} in the checkpoint but "
-                    f"{tuple(own[name].shape)} here.{hint}"
-                )
