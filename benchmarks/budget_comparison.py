@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser  # noqa: E402
 
-from lit_lm.callbacks.precision import auto_precision  # noqa: E402
+from lit_lm.precision import auto_precision  # noqa: E402
 from lit_lm.modules import MaskedLMModule  # noqa: E402
 from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens  # noqa: E402
 

@@ -1,6 +1,10 @@
-"""The command line: LightningCLI with lit-lm's argument links, config saving and wandb fallback."""
+"""The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving and wandb
+fallback."""
 
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
 from urllib.parse import urlparse
@@ -10,12 +14,24 @@ from jsonargparse import set_parsing_settings
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins import _PLUGIN_INPUT
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_lm.callbacks.precision import AUTO, auto_precision
+from lit_lm.callbacks.nonfinite import NonFiniteLossError
+from lit_lm.data.sources import CorpusError
+from lit_lm.data.tokenizer import TokenizerError
+from lit_lm.precision import AUTO, auto_precision, precision_plugin
+from lit_lm.runs import ResumeError, check_resume, find_last_checkpoint
 
 # Field docstrings of the config dataclasses become the --help text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+# Lightning's notes that are not the user's business stay out of a run's output: a deprecation inside Lightning
+# itself, the model summary's size estimate under mixed precision, a run-folder change on resume, a logging plug-in tip.
+for note in (r".*isinstance\(treespec, LeafSpec\)", r"Precision .* is not supported by the model summary",
+             r"The dirpath has changed from"):
+    warnings.filterwarnings("ignore", message=note)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
 # What the tokenizer and the data decide, flowing into the model when both are instantiated.
 DATA_TO_MODEL_LINKS = {
@@ -70,19 +86,67 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 class Trainer(L.Trainer):
-    """Lightning's Trainer, whose ``precision`` also takes ``auto``: the fastest mixed precision this hardware has
-    (bf16-mixed on Ampere+ GPUs and AVX512-BF16/AMX CPUs, 16-mixed on older GPUs, 32-true otherwise)."""
+    """Lightning's Trainer, with three differences.
 
-    def __init__(self, *args, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None, **kwargs) -> None:
+    - ``precision`` also takes ``auto``: the fastest precision this hardware has (see lit_lm.precision).
+    - ``bf16-mixed`` and ``16-mixed`` run through lit_lm.precision.MixedPrecision, which clips gradients beside the
+      fused AdamW; ``16-mixed`` runs as fp16 with loss scaling on a CPU too, instead of turning into bf16.
+    - ``fit(ckpt_path="last")`` resumes the newest ``last*.ckpt`` under the run folder (each run logs and
+      checkpoints into its own version folder), after checking that it was trained with this model and data.
+    """
+
+    def __init__(self, *args, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None,
+                 plugins: Optional[Union[_PLUGIN_INPUT, list[_PLUGIN_INPUT]]] = None, **kwargs) -> None:
+        accelerator = kwargs.get("accelerator", "auto")
         if precision == AUTO:  # the CLI resolves it before building the Trainer; this covers use from Python
-            precision = resolve_auto_precision(kwargs.get("accelerator", "auto"))
-        super().__init__(*args, precision=precision, **kwargs)
+            precision = resolve_auto_precision(accelerator)
+        plugin = precision_plugin(precision, accelerator, kwargs.get("strategy", "auto"), plugins)
+        if plugin is not None:
+            plugins = [*(plugins if isinstance(plugins, list) else [plugins] if plugins is not None else []), plugin]
+            precision = None
+        super().__init__(*args, precision=precision, plugins=plugins, **kwargs)
+
+    def run_folders(self) -> list[Path]:
+        """Where this trainer's runs write: its loggers' folders and any fixed checkpoint folder."""
+        folders = [Path(logger.save_dir) for logger in self.loggers if getattr(logger, "save_dir", None)]
+        folders += [Path(cb.dirpath) for cb in self.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        return folders or [Path(self.default_root_dir) / "lightning_logs"]
+
+    def last_checkpoint(self) -> Path:
+        """The newest ``last*.ckpt`` of this trainer's run folders; a ResumeError when there is none."""
+        found = find_last_checkpoint(self.run_folders())
+        if found is None:
+            folders = ", ".join(str(folder) for folder in self.run_folders())
+            raise ResumeError(f"ckpt_path last: no last*.ckpt under {folders}, so there is no run to resume. "
+                              "Drop --ckpt_path to start a new run, or give a checkpoint file.")
+        return found
+
+    def fit(self, model: L.LightningModule, train_dataloaders=None, val_dataloaders=None,
+            datamodule: Optional[L.LightningDataModule] = None, ckpt_path: Optional[str] = None,
+            weights_only: Optional[bool] = None) -> None:
+        if ckpt_path == "last":
+            ckpt_path = str(self.last_checkpoint())
+            rank_zero_info(f"resuming from {ckpt_path}")
+        if ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file():
+            check_resume(ckpt_path, model, datamodule)
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
 
-def resolve_auto_precision(accelerator: object) -> str:
-    precision, reason = auto_precision(accelerator)
+def resolve_auto_precision(accelerator: object, matmul: tuple[int, int, int] = (1024, 256, 1024)) -> str:
+    precision, reason = auto_precision(accelerator, matmul)
     rank_zero_info(f"precision: auto -> {precision} ({reason})")
     return precision
+
+
+def probe_shape(config) -> tuple[int, int, int]:
+    """The feed-forward matmul of the configured model, (rows, hidden, inner), for the ``auto`` precision probe;
+    at most 1024 rows, so the probe stays well under a second."""
+    try:
+        model = config.model.init_args.config
+        rows = config.data.init_args.batch_size * config.data.init_args.seq_length
+        return min(int(rows), 1024), int(model.hidden_size), int(model.intermediate_size)
+    except (AttributeError, TypeError):
+        return 1024, 256, 1024
 
 
 class LitLMCLI(LightningCLI):
@@ -103,7 +167,7 @@ class LitLMCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
-            config.trainer.precision = resolve_auto_precision(config.trainer.accelerator)
+            config.trainer.precision = resolve_auto_precision(config.trainer.accelerator, probe_shape(config))
         loggers = config.trainer.logger
         loggers = loggers if isinstance(loggers, list) else [loggers]
         uses_wandb = any("WandbLogger" in str(getattr(lg, "class_path", "")) for lg in loggers)
@@ -115,5 +179,18 @@ class LitLMCLI(LightningCLI):
             )
 
 
+# Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
+USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError)
+
+
 def main(args: list[str] | None = None) -> LitLMCLI:
     return LitLMCLI(args=args)
+
+
+def run() -> None:
+    """``python train.py``: ``main`` with a user's mistakes printed as one clear line and exit status 2."""
+    try:
+        main()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -35,6 +35,11 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train.py"])  # in-process CLI calls take their arguments from args= alone
 
 
+def checkpoints(version: int) -> Path:
+    """Each run checkpoints into its own logger version folder."""
+    return RUN / "logs" / f"version_{version}" / "checkpoints"
+
+
 def metrics(version: int | None = None) -> list[dict]:
     rows = []
     pattern = f"version_{version}" if version is not None else "version_*"
@@ -64,12 +69,11 @@ def test_a_few_steps_through_train_py_save_config_metrics_and_a_checkpoint(corpu
     assert saved["data"]["init_args"]["paths"] == [str(corpus)]
     assert saved["model"]["init_args"]["config"]["hidden_size"] == 32
     # linked values are derived again on every run, so the config leaves them out; the checkpoint records them
-    checkpoint = torch.load(RUN / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(checkpoints(0) / "last.ckpt", weights_only=False)
     assert checkpoint["hyper_parameters"]["config"]["vocab_size"] <= 300
     rows = metrics()
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
     assert any(r.get("val/mlm_acc") for r in rows)
-    assert (RUN / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_vocab_size_and_special_ids_flow_from_the_tokenizer(corpus, tmp_path):
@@ -91,14 +95,14 @@ def test_an_interrupted_run_resumes_from_last_where_it_stopped(corpus, tmp_path)
     cli.trainer.callbacks.append(InterruptAt(step=6))
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    interrupted = torch.load(RUN / "checkpoints" / "last-interrupted.ckpt", weights_only=False)
+    interrupted = torch.load(checkpoints(0) / "last.ckpt", weights_only=False)  # saved on the interruption
     assert interrupted["global_step"] == 6
     resumed = main(["fit", *common, "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 10
     second_run = [int(r["step"]) for r in metrics(version=1) if r.get("train/loss")]
     assert len(second_run) == 4 and min(second_run) >= 6  # only the 4 steps that were left
-    assert not (RUN / "checkpoints" / "last-interrupted.ckpt").exists()  # removed once the run finished cleanly
-    assert torch.load(RUN / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
+    assert torch.load(checkpoints(0) / "last.ckpt", weights_only=False)["global_step"] == 6  # left as it was
+    assert torch.load(checkpoints(1) / "last.ckpt", weights_only=False)["global_step"] == 10
 
 
 def test_quickstart_loss_falls_on_the_embedded_corpus(tmp_path):

@@ -23,16 +23,17 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> Path:
-    """runs/lr-high and runs/lr-low: the quickstart recipe at a tiny size, two learning rates."""
+    """runs/quickstart run twice in the same folder, the second time with another learning rate: its versions 0
+    and 1; and runs/other, a copy of the first, for a second run folder."""
     base = tmp_path_factory.mktemp("notebook-runs")
     corpus = write_corpus(base / "corpus")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(base)
         patch.setattr(sys, "argv", ["train.py"])
-        for name, lr in (("lr-high", "2e-3"), ("lr-low", "5e-4")):
+        for lr in ("2e-3", "5e-4"):
             main(["fit", "--config", QUICKSTART, *TINY_RUN, "--data.init_args.paths", f"[{corpus}]",
                   "--model.init_args.optimizer.lr", lr])
-            shutil.move(base / "runs" / "quickstart", base / "runs" / name)
+        shutil.copytree(base / "runs" / "quickstart" / "logs" / "version_0", base / "runs" / "other" / "logs" / "version_0")
     return base
 
 
@@ -42,7 +43,7 @@ def test_notebook_executes_on_real_runs(path, two_runs, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
-    monkeypatch.setenv("LIT_LM_RUN", "runs/lr-high")
+    monkeypatch.setenv("LIT_LM_RUN", "runs/quickstart")
     monkeypatch.setenv("LIT_LM_RUNS", "runs/*")
     notebook = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
@@ -50,8 +51,8 @@ def test_notebook_executes_on_real_runs(path, two_runs, monkeypatch):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
     assert any("image/png" in output.get("data", {}) for output in outputs), "no figure was drawn"
     printed = "".join(output.get("text", "") for output in outputs)
-    if path.name == "compare_runs.ipynb":  # both runs are in the summary, with their losses
-        assert "lr-high" in printed and "lr-low" in printed
+    if path.name == "compare_runs.ipynb":  # every run is in the summary, with its losses
+        assert all(name in printed for name in ("quickstart/version_0", "quickstart/version_1", "other/version_0"))
     if path.name == "attention_maps.ipynb":  # one statistics row per head: 2 layers x 2 heads
         assert "2 layers x 2 heads" in printed
 

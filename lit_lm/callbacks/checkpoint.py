@@ -1,18 +1,36 @@
-"""Lightning's ModelCheckpoint, plus the state at the end of training in ``last.ckpt``."""
+"""Lightning's ModelCheckpoint, plus the state at the end of training in ``last.ckpt``, and a refusal to write a
+new run's checkpoints among another run's."""
+
+from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_lm.runs import ResumeError
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` (every argument is the same) that, with ``save_last``, also writes
-    ``last.ckpt`` when training ends between two periodic saves.
+    ``last.ckpt`` when training ends between two periodic saves, and never mixes two runs in one folder.
 
     A time budget or ``max_steps`` rarely ends a run on a multiple of ``every_n_train_steps``; Lightning then leaves
     the last *periodic* save as ``last.ckpt``, and the final steps of the run are missing from it (up to
     ``every_n_train_steps - 1`` optimizer steps). This writes the final state instead, so ``last.ckpt`` is what the
     run trained, for evaluation, export and ``--ckpt_path last``.
+
+    Leave ``dirpath`` unset to checkpoint into the run's own logger folder (``.../version_N/checkpoints``). A fixed
+    ``dirpath`` that already holds checkpoints is refused unless the run resumes from a checkpoint.
     """
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_fit_start(trainer, pl_module)
+        folder = Path(self.dirpath) if self.dirpath else None
+        if trainer.ckpt_path is None and folder is not None and any(folder.glob("*.ckpt")):
+            raise ResumeError(
+                f"{folder} already holds another run's checkpoints. Resume that run with --ckpt_path last, or leave "
+                "the ModelCheckpoint's dirpath unset so that every run checkpoints into its own version folder.")
+        rank_zero_info(f"checkpoints: {folder}")
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_end(trainer, pl_module)

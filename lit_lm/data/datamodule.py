@@ -21,6 +21,7 @@ from lit_lm.data.store import TokenStore
 from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows
 from lit_lm.data.text import CleaningConfig, DocumentSplit
 from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
+from lit_lm.runs import ResumeError, differences
 
 STORE_VERSION = 2  # bump when the store layout, cleaning or packing changes, so caches rebuild
 
@@ -149,11 +150,20 @@ class PretrainingDataModule(L.LightningDataModule):
                 "val_fraction": recipe.val_fraction, "seed": recipe.seed, "cross_documents": recipe.cross_documents}
 
     @cached_property
+    def planned_recipe(self) -> Recipe:
+        return self.recipe()
+
+    @cached_property
+    def store_settings(self) -> dict:
+        """``settings`` of this module's recipe: what the store's cache key is a hash of."""
+        return self.settings(self.planned_recipe)
+
+    @cached_property
     def store_dir(self) -> Path:
         """The cached store for these settings, built on first use (under a lock, atomically)."""
         start = time.perf_counter()
-        recipe = self.recipe()
-        final = self.cache_dir / "stores" / cache_key(self.settings(recipe))
+        recipe = self.planned_recipe
+        final = self.cache_dir / "stores" / cache_key(self.store_settings)
         with build_lock(final):
             if (final / "card.json").is_file():
                 card, hit = json.loads((final / "card.json").read_text()), True
@@ -214,18 +224,33 @@ class PretrainingDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     # ---- resuming mid-epoch: Lightning stores this in checkpoints ----
+    def resume_settings(self) -> dict:
+        """What a resumed run must share with the checkpoint: the store's settings (the corpus by its hash) and the
+        micro-batch, on which the stream's position depends."""
+        return {**self.store_settings, "corpus": cache_key(self.store_settings["corpus"]),
+                "batch_size": self.batch_size}
+
     def state_dict(self) -> dict:
         if self.trainer is None or self._sampler is None:
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches trained this epoch
         return {"epoch": self.trainer.current_epoch, "position": self._sampler.position_after(done), "batches": done,
-                "rows": len(self.train_store), "seed": self.seed}
+                "rows": len(self.train_store), "seed": self.seed, "settings": self.resume_settings()}
+
+    def resume_differences(self, state: dict) -> list[str]:
+        """One line per data setting in which a checkpoint's ``state`` differs from this module's."""
+        if not state:
+            return []
+        if "settings" in state:  # "corpus" is a hash of the files: say which setting names it
+            return [line.replace("data.init_args.corpus:", "data.init_args.paths (the corpus files or their contents):")
+                    for line in differences(state["settings"], self.resume_settings(), "data.init_args")]
+        rows = len(TokenStore(self.store_dir / "train"))  # a checkpoint written before settings were saved
+        return differences({"rows": state.get("rows"), "seed": state.get("seed")}, {"rows": rows, "seed": self.seed},
+                           "data.init_args")
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
-            return
-        if state.get("rows") != len(TokenStore(self.store_dir / "train")) or state.get("seed") != self.seed:
-            rank_zero_warn("data: the checkpoint was trained on another store or seed; the data stream restarts at "
-                           "the beginning of the epoch instead of where the checkpoint stopped.")
-            return
-        self._resume = state
+        lines = self.resume_differences(state)
+        if lines:
+            raise ResumeError("the checkpoint was trained on other data:\n  " + "\n  ".join(lines))
+        if state:
+            self._resume = state

@@ -6,12 +6,18 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
+from lightning.pytorch.plugins.precision import MixedPrecision as LightningMixedPrecision
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.output import LMOutput
 from lit_lm.modules.optim import OptimizerConfig
+from lit_lm.precision import MixedPrecision
+from lit_lm.runs import ResumeError, differences, flatten
+
+# what may change when a run resumes: how fast it runs and how it steps, not what it trains
+RESUMABLE_WITH_OTHER = ("optimizer", "compile")
 
 
 class PretrainingModule(L.LightningModule):
@@ -47,28 +53,44 @@ class PretrainingModule(L.LightningModule):
         return out.loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_config.build(self.model, fused_allowed=self._fused_optimizer_allowed())
+
+    def _fused_optimizer_allowed(self) -> bool:
+        """Lightning's own MixedPrecision plugin refuses to clip gradients beside a fused optimizer (it would unscale
+        fp16 gradients too late); lit_lm.precision.MixedPrecision, which lit_lm.cli.Trainer installs, can."""
         trainer = self._trainer
-        # a fused AdamW unscales fp16 gradients inside its step, too late for Lightning to clip them first
-        fused_allowed = trainer is None or not (str(trainer.precision) == "16-mixed" and trainer.gradient_clip_val)
-        return self.optimizer_config.build(self.model, fused_allowed=fused_allowed)
+        if trainer is None or not trainer.gradient_clip_val:
+            return True
+        plugin = trainer.precision_plugin
+        if isinstance(plugin, LightningMixedPrecision) and not isinstance(plugin, MixedPrecision):
+            rank_zero_warn("model.optimizer: the plain AdamW instead of the fused one, because Lightning's "
+                           "MixedPrecision plugin cannot clip gradients beside a fused optimizer; lit_lm.cli.Trainer "
+                           "(python train.py) installs lit_lm.precision.MixedPrecision, which can.")
+            return False
+        return True
+
+    def resume_differences(self, saved: dict) -> list[str]:
+        """One line per model setting in which a checkpoint's hyperparameters differ from this module's (the
+        optimizer and compiling may differ)."""
+        return differences(dict(saved), dict(self.hparams), "model.init_args", ignore=RESUMABLE_WITH_OTHER)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one."""
+        """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one:
+        naming the differing settings, and the shape that does not fit."""
+        saved_hparams = checkpoint.get("hyper_parameters", {})
+        lines = self.resume_differences(saved_hparams)
         own = self.state_dict()
-        for name, tensor in checkpoint.get("state_dict", {}).items():
-            if name in own and own[name].shape != tensor.shape:
-                saved = checkpoint.get("hyper_parameters", {}).get("config")
-                saved_vocab = (saved.get("vocab_size") if isinstance(saved, dict)
-                               else getattr(saved, "vocab_size", None))
-                hint = ""
-                if saved_vocab is not None and saved_vocab != self.config.vocab_size:
-                    hint = (f" The checkpoint has a vocabulary of {saved_vocab} tokens but the tokenizer now has "
-                            f"{self.config.vocab_size}: resume with the data and tokenizer settings it was "
-                            f"trained with.")
-                raise ValueError(
-                    f"checkpoint does not fit this model: {name} is {tuple(tensor.shape)} in the checkpoint but "
-                    f"{tuple(own[name].shape)} here.{hint}"
-                )
+        lines += [f"{name}: {tuple(tensor.shape)} in the checkpoint, {tuple(own[name].shape)} here"
+                  for name, tensor in checkpoint.get("state_dict", {}).items()
+                  if name in own and own[name].shape != tensor.shape][:1]
+        if not lines:
+            return
+        saved_vocab = flatten(saved_hparams).get("config.vocab_size")
+        hint = ""
+        if saved_vocab is not None and saved_vocab != self.config.vocab_size:
+            hint = (f"\nThe checkpoint has a vocabulary of {saved_vocab} tokens but the tokenizer now has "
+                    f"{self.config.vocab_size}: resume with the data and tokenizer settings it was trained with.")
+        raise ResumeError("checkpoint does not fit this model:\n  " + "\n  ".join(lines) + hint)
 
     def _step_flops(self, forward: Callable[[], LMOutput]) -> int:
         """FLOPs of ``forward()`` and the backward of its loss (Lightning's ``measure_flops``), leaving the

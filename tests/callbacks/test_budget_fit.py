@@ -85,13 +85,13 @@ def test_an_interrupted_time_budget_run_resumes_its_clock_ramp_and_token_count(b
     cli.trainer.callbacks.append(InterruptAt(step=4))
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    first = torch.load("runs/crammed-bert/checkpoints/last-interrupted.ckpt", weights_only=False)["callbacks"]
+    first = torch.load("runs/crammed-bert/logs/version_0/checkpoints/last.ckpt", weights_only=False)["callbacks"]
     elapsed = first["Timer"]["time_elapsed"]["train"]
     assert elapsed > 0
     resumed = main(["fit", *args, "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 6
     timer = next(cb for cb in resumed.trainer.callbacks if type(cb).__name__ == "Timer")
     assert timer.time_elapsed() > elapsed  # the clock went on from the checkpoint's elapsed time, not from 0
-    second = torch.load("runs/crammed-bert/checkpoints/last.ckpt", weights_only=False)["callbacks"]
+    second = torch.load("runs/crammed-bert/logs/version_1/checkpoints/last.ckpt", weights_only=False)["callbacks"]
     assert second["BatchSizeRamp"]["accumulation"] >= first["BatchSizeRamp"]["accumulation"] > 1
     assert second["ThroughputMFU"]["tokens_seen"] > first["ThroughputMFU"]["tokens_seen"] > 0

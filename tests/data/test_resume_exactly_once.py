@@ -58,7 +58,7 @@ def test_a_run_interrupted_mid_epoch_resumes_with_the_next_unseen_rows(corpus, t
     data = ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph"]
     (tmp_path / "reference").mkdir()
     reference = reference_run(data, 12, tmp_path, monkeypatch)
-    with pytest.raises(SystemExit):  # Ctrl-C at step 7: Lightning saves last-interrupted.ckpt and exits
+    with pytest.raises(SystemExit):  # Ctrl-C at step 7: the recipe's ModelCheckpoint saves last.ckpt and exits
         fit([*data, "--trainer.max_steps", "12"], InterruptAt(7))
     resumed = fit([*data, "--trainer.max_steps", "12"], ckpt_path="last").rows
     assert resumed == reference[7 * 8 :]  # the same seed gives the same order: exactly the rows not yet trained on
@@ -71,8 +71,8 @@ def test_resuming_from_a_checkpoint_saved_after_a_step_skips_exactly_the_trained
     data = ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph"]
     (tmp_path / "reference").mkdir()
     reference = reference_run(data, 10, tmp_path, monkeypatch)
-    with pytest.raises(SystemExit):  # last.ckpt written by ModelCheckpoint after step 4, then Ctrl-C at step 6
+    with pytest.raises(SystemExit):  # a periodic checkpoint after step 4, then Ctrl-C at step 6
         fit([*data, "--trainer.max_steps", "10"], InterruptAt(6), checkpoint_every=4)
-    last = tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
-    resumed = fit([*data, "--trainer.max_steps", "10"], ckpt_path=str(last)).rows
+    step4 = tmp_path / "runs" / "quickstart" / "logs" / "version_0" / "checkpoints" / "epoch=0-step=4.ckpt"
+    resumed = fit([*data, "--trainer.max_steps", "10"], ckpt_path=str(step4)).rows
     assert resumed == reference[4 * 8 :]

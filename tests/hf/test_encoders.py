@@ -191,7 +191,7 @@ def test_trained_checkpoint_exports_and_pretraining_restarts_from_the_export(cor
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *tiny, "--trainer.max_steps", "3"])
     store = cli.datamodule.store_dir
-    checkpoint = tmp_path / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "runs" / "quickstart" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     hf_main(["export", str(checkpoint), str(tmp_path / "export"), "--tokenizer", str(store)])
 
     hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "export", trust_remote_code=True).eval()

@@ -48,20 +48,20 @@ def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates
                                  for r in val)
     samples = (RUN / "logs" / "version_0" / "samples.txt").read_text()
     assert "--- step 6 | prompt 'The list'" in samples  # logged at the end of training
-    checkpoint = torch.load(RUN / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     hparams = checkpoint["hyper_parameters"]
     assert hparams["eos_token_id"] == 0 and hparams["config"]["vocab_size"] <= 300  # linked from the tokenizer
     assert "<|endoftext|>" in checkpoint["tokenizer"]
 
-    generate_main(["--checkpoint", str(RUN / "checkpoints" / "last.ckpt"), "--prompt", "the quick cat",
+    generate_main(["--checkpoint", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"), "--prompt", "the quick cat",
                    "--max-new-tokens", "8", "--temperature", "0"])
     assert capsys.readouterr().out.startswith("the quick cat")
-    evaluate_main(["perplexity", "--checkpoint", str(RUN / "checkpoints" / "last.ckpt"),
+    evaluate_main(["perplexity", "--checkpoint", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"),
                    "--file", str(corpus / "doc0.txt"), "--context-length", "32", "--stride", "16"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["tokens"] > 100 and 1 < result["token_perplexity"] < 300 and result["bits_per_byte"] > 0
     transformers = pytest.importorskip("transformers")
-    hf_main(["export", str(RUN / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
+    hf_main(["export", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
     assert type(hf).__name__ == "LitLMForCausalLM" and hf.generation_config.eos_token_id == 0  # qkv_bias: false
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True).eos_token == \

@@ -1,7 +1,5 @@
 """The training-loop parts of MaskedLMModule: fused AdamW, torch.compile's fallback, FLOPs for MFU."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -36,14 +34,6 @@ def test_fused_adamw_where_available_and_the_same_update_as_the_default():
         opt.step()
     for a, b in zip(lm.parameters(), lm_plain.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_no_fused_adamw_when_fp16_gradients_must_be_unscaled_before_clipping():
-    lm = module()
-    lm._trainer = SimpleNamespace(precision="16-mixed", gradient_clip_val=1.0)
-    assert not lm.configure_optimizers().defaults["fused"]
-    lm._trainer = SimpleNamespace(precision="bf16-mixed", gradient_clip_val=1.0)
-    assert lm.configure_optimizers().defaults["fused"]
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):

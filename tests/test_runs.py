@@ -1,0 +1,106 @@
+"""Run folders as a user meets them: a recipe run twice in one folder, the second time with a switch changed, trains
+from scratch in a folder of its own; ``--ckpt_path last`` resumes only a run with the same model and data."""
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_lm.runs import differences, find_last_checkpoint
+from tests.conftest import ROOT
+
+TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
+        "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",
+        "--data.init_args.tokenizer.vocab_size", "300", "--data.init_args.seq_length", "32",
+        "--data.init_args.batch_size", "8", "--data.init_args.split", "paragraph",
+        "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"]
+LOGS = Path("runs/quickstart/logs")
+# what a first run must not print: Lightning's litlogger tip, its implicit-resume warnings, a pytree deprecation
+# inside Lightning, the model summary's precision note
+NOISE = ("litlogger", "ckpt_path", "LeafSpec", "not supported by the model summary", "Traceback")
+
+
+def train(cwd: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+           *TINY, "--data.init_args.paths", f"[{corpus}]", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def losses(cwd: Path, version: int) -> list[float]:
+    with open(cwd / LOGS / f"version_{version}" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def checkpoint(cwd: Path, version: int) -> dict:
+    return torch.load(cwd / LOGS / f"version_{version}" / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_recipe_run_twice_in_one_folder_trains_fresh_each_time(corpus, tmp_path):
+    first = train(tmp_path, corpus, "--trainer.precision", "bf16-mixed")  # bf16 shows the model summary's note
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not [noise for noise in NOISE if noise in first.stdout + first.stderr]
+    first_checkpoint = tmp_path / LOGS / "version_0" / "checkpoints" / "last.ckpt"
+    first_bytes = digest(first_checkpoint)
+
+    again = train(tmp_path, corpus, "--trainer.precision", "bf16-mixed")  # the same recipe, the same folder
+    assert again.returncode == 0, again.stderr[-3000:]
+    # the same seed from scratch: the same losses (to bf16 round-off; a resumed run would go on from the first's)
+    assert losses(tmp_path, 1) == pytest.approx(losses(tmp_path, 0), rel=1e-4)
+    assert checkpoint(tmp_path, 1)["global_step"] == 3
+
+    switched = train(tmp_path, corpus, "--trainer.precision", "bf16-mixed", "--model.init_args.config.num_layers", "2")
+    assert switched.returncode == 0, switched.stderr[-3000:]
+    assert checkpoint(tmp_path, 2)["global_step"] == 3  # from scratch, not 3 more steps on the first run
+    assert checkpoint(tmp_path, 2)["hyper_parameters"]["config"]["num_layers"] == 2
+    assert digest(first_checkpoint) == first_bytes  # nobody wrote into the first run's folder
+
+
+@pytest.mark.slow
+def test_resuming_with_another_model_or_data_names_the_settings(corpus, tmp_path):
+    assert train(tmp_path, corpus, "--trainer.max_steps", "2").returncode == 0
+    wider = train(tmp_path, corpus, "--ckpt_path", "last", "--model.init_args.config.num_layers", "2",
+                  "--data.init_args.seed", "7")
+    assert wider.returncode == 2
+    assert "model.init_args.config.num_layers: 1 in the checkpoint, 2 now" in wider.stderr
+    assert "data.init_args.seed: 0 in the checkpoint, 7 now" in wider.stderr
+    assert "Traceback" not in wider.stderr  # one clear message
+    assert not (tmp_path / LOGS / "version_1" / "checkpoints").exists()  # and nothing written
+
+    same = train(tmp_path, corpus, "--ckpt_path", "last", "--trainer.max_steps", "3",
+                 "--model.init_args.optimizer.lr", "1e-3")  # the optimizer may change on a resume
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "resuming from runs/quickstart/logs/version_0/checkpoints/last.ckpt" in same.stderr
+
+
+def test_resuming_last_with_no_run_is_a_clear_error(corpus, tmp_path):
+    result = train(tmp_path, corpus, "--ckpt_path", "last")
+    assert result.returncode == 2
+    assert "no last*.ckpt under runs/quickstart" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_differences_name_each_setting_and_skip_the_ignored_ones():
+    saved = {"config": {"num_layers": 4, "hidden_size": 256}, "optimizer": {"lr": 1e-3}, "betas": (0.9, 0.98)}
+    now = {"config": {"num_layers": 2, "hidden_size": 256}, "optimizer": {"lr": 5e-4}, "betas": [0.9, 0.98]}
+    assert differences(saved, now, "model", ignore=("optimizer",)) == [
+        "model.config.num_layers: 4 in the checkpoint, 2 now"]
+
+
+def test_the_newest_last_checkpoint_is_found_across_version_folders(tmp_path):
+    for version, name in ((0, "last.ckpt"), (1, "last.ckpt"), (2, "epoch=0-step=4.ckpt")):
+        folder = tmp_path / "logs" / f"version_{version}" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b"")
+        os.utime(folder / name, (1000 + version, 1000 + version))  # written one after the other
+    assert find_last_checkpoint([tmp_path]) == tmp_path / "logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert find_last_checkpoint([tmp_path / "missing"]) is None
