@@ -53,7 +53,7 @@ def check_resume(checkpoint_path: str | Path, model: object, datamodule: object)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
     lines = []
     if hasattr(model, "resume_differences"):
-        lines += model.resume_differences(checkpoint.get("hyper_parameters", {}))
+        lines += model.resume_differences(checkpoint)
     if datamodule is not None and hasattr(datamodule, "resume_differences"):
         lines += datamodule.resume_differences(checkpoint.get(type(datamodule).__qualname__, {}))
     if lines:

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+import lit_lm.precision
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -48,6 +50,13 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: ../shared/data is only present beside the project on developer machines and CI")
     return path
+
+
+def fake_cpu(monkeypatch, fast_bf16: bool) -> None:
+    """A machine without CUDA whose CPU has (or lacks) bf16 units, and whose bf16 matmul probe says so."""
+    monkeypatch.setattr(lit_lm.precision, "_cuda_capability", lambda: None)
+    monkeypatch.setattr(lit_lm.precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(lit_lm.precision, "bf16_speedup", lambda *shape: 2.4 if fast_bf16 else 0.2)
 
 
 class InterruptAt(Callback):

@@ -15,20 +15,13 @@ from lit_lm.cli import Trainer, main
 from lit_lm.models import TransformerConfig
 from lit_lm.modules import MaskedLMModule
 from lit_lm.precision import MixedPrecision, auto_precision, bf16_speedup, cpu_has_fast_bf16
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fake_cpu
 
 
 def cpuinfo(tmp_path, flags: str):
     path = tmp_path / "cpuinfo"
     path.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 {flags}\n")
     return path
-
-
-def fake_cpu(monkeypatch, fast_bf16: bool) -> None:
-    """A machine without CUDA whose CPU has (or lacks) bf16 units, and whose bf16 matmul probe says so."""
-    monkeypatch.setattr(precision, "_cuda_capability", lambda: None)
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
-    monkeypatch.setattr(precision, "bf16_speedup", lambda *shape: 2.4 if fast_bf16 else 0.2)
 
 
 def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):

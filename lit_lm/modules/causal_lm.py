@@ -94,6 +94,7 @@ class CausalLMModule(PretrainingModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run's tokenizer in the checkpoint, so generation and evaluation need nothing else."""
+        super().on_save_checkpoint(checkpoint)
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:

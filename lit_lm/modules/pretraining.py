@@ -1,7 +1,9 @@
 """What every lit-lm pretraining LightningModule shares: compiling with a fallback, the training loss with its
 mixture-of-experts term, AdamW with decay groups, a clear checkpoint check, and FLOP counting for MFU."""
 
+import inspect
 from collections.abc import Callable
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -69,23 +71,33 @@ class PretrainingModule(L.LightningModule):
             return False
         return True
 
-    def resume_differences(self, saved: dict) -> list[str]:
-        """One line per model setting in which a checkpoint's hyperparameters differ from this module's (the
-        optimizer and compiling may differ)."""
-        return differences(dict(saved), dict(self.hparams), "model.init_args", ignore=RESUMABLE_WITH_OTHER)
+    def run_settings(self) -> dict:
+        """What a resumed run must share with its checkpoint: the resolved model config and the objective's settings
+        (the optimizer and compiling may change)."""
+        own = inspect.signature(type(self).__init__).parameters  # hparams from the CLI may hold linked extras
+        settings = {key: value for key, value in self.hparams.items()
+                    if key in own and key not in (*RESUMABLE_WITH_OTHER, "config")}
+        return {**settings, "config": asdict(self.config)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["run_settings"] = self.run_settings()
+
+    def resume_differences(self, checkpoint: dict) -> list[str]:
+        """One line per model setting in which ``checkpoint`` was trained otherwise than this module would train."""
+        saved = checkpoint.get("run_settings")
+        return [] if saved is None else differences(saved, self.run_settings(), "model.init_args")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one:
         naming the differing settings, and the shape that does not fit."""
-        saved_hparams = checkpoint.get("hyper_parameters", {})
-        lines = self.resume_differences(saved_hparams)
+        lines = self.resume_differences(checkpoint)
         own = self.state_dict()
         lines += [f"{name}: {tuple(tensor.shape)} in the checkpoint, {tuple(own[name].shape)} here"
                   for name, tensor in checkpoint.get("state_dict", {}).items()
                   if name in own and own[name].shape != tensor.shape][:1]
         if not lines:
             return
-        saved_vocab = flatten(saved_hparams).get("config.vocab_size")
+        saved_vocab = flatten(checkpoint.get("hyper_parameters", {})).get("config.vocab_size")
         hint = ""
         if saved_vocab is not None and saved_vocab != self.config.vocab_size:
             hint = (f"\nThe checkpoint has a vocabulary of {saved_vocab} tokens but the tokenizer now has "
