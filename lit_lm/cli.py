@@ -31,7 +31,8 @@ set_parsing_settings(docstring_parse_attribute_docstrings=True)
 for note in (r".*isinstance\(treespec, LeafSpec\)", r"Precision .* is not supported by the model summary",
              r"The dirpath has changed from"):
     warnings.filterwarnings("ignore", message=note)
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage())
 
 # What the tokenizer and the data decide, flowing into the model when both are instantiated.
 DATA_TO_MODEL_LINKS = {

@@ -1,6 +1,6 @@
 """Perplexity of a causal LM on held-out text, with a sliding window: token perplexity and bits per byte.
 
-    python -m lit_lm.evaluate perplexity --checkpoint runs/quickstart-decoder/checkpoints/last.ckpt \\
+    python -m lit_lm.evaluate perplexity --checkpoint runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt \\
         --file ../shared/data/wikitext-2/test.txt --context-length 128 --stride 64
 
 The text is tokenized whole, after one end-of-text token (as a document starts in training). Windows of

@@ -3,12 +3,13 @@
 From Python::
 
     from lit_lm.generate import load_checkpoint, generate_text
-    model, tokenizer = load_checkpoint("runs/quickstart-decoder/checkpoints/last.ckpt")
+    model, tokenizer = load_checkpoint("runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt")
     print(generate_text(model, tokenizer, "The list type", max_new_tokens=40, temperature=0.8, top_k=50))
 
 From the command line::
 
-    python -m lit_lm.generate --checkpoint runs/quickstart-decoder/checkpoints/last.ckpt --prompt "The list type"
+    python -m lit_lm.generate --checkpoint runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt \
+        --prompt "The list type"
 """
 
 import argparse
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_lm.generate",
                                      description="Continue a prompt with a trained causal-LM checkpoint.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a CausalLMModule checkpoint, e.g. runs/x/checkpoints/last.ckpt")
+                        help="a CausalLMModule checkpoint, e.g. runs/x/logs/version_0/checkpoints/last.ckpt")
     parser.add_argument("--prompt", default="", help="the text to continue ('' starts a new document)")
     parser.add_argument("--tokenizer", help="the run's tokenizer, if the checkpoint lacks it")
     parser.add_argument("--max-new-tokens", type=int, default=64)

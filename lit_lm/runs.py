@@ -37,7 +37,8 @@ def differences(saved: object, now: object, prefix: str, ignore: tuple[str, ...]
     for key in sorted(saved.keys() | now.keys()):
         if key.startswith(ignore) or saved.get(key, "(unset)") == now.get(key, "(unset)"):
             continue
-        lines.append(f"{prefix}.{key}: {saved.get(key, '(unset)')!r} in the checkpoint, {now.get(key, '(unset)')!r} now")
+        before, after = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        lines.append(f"{prefix}.{key}: {before!r} in the checkpoint, {after!r} now")
     return lines
 
 

@@ -307,7 +307,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; runs write theirs to "
-                                f"runs/<recipe>/checkpoints/last.ckpt.")
+                                f"runs/<recipe>/logs/version_0/checkpoints/last.ckpt.")
     # weights_only=False: Lightning stores the hyperparameters as Python objects; this is the user's own run
     return torch.load(path, map_location="cpu", weights_only=False)
 

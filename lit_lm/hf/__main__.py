@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a lit-lm checkpoint as a folder AutoModelForMaskedLM (encoders) or AutoModelForCausalLM "
                        "(decoders) and AutoTokenizer load")
-    export.add_argument("checkpoint", help="a Lightning checkpoint of a lit-lm run, e.g. runs/x/checkpoints/last.ckpt")
+    export.add_argument("checkpoint", help="a Lightning checkpoint of a lit-lm run, "
+                                           "e.g. runs/x/logs/version_0/checkpoints/last.ckpt")
     export.add_argument("folder", help="the folder to write")
     export.add_argument("--tokenizer", default=None,
                         help="the tokenizer the run used: its data store folder (printed as 'data: built/reusing "
