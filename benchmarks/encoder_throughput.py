@@ -35,13 +35,14 @@ FAMILIES = {
 }
 
 
-def hf_model(family: str, hidden: int, layers: int, seq_length: int):
+def hf_model(family: str, hidden: int, layers: int, seq_length: int, vocab_size: int | None = None):
     import transformers
 
     spec = FAMILIES[family]
     config = getattr(transformers, spec["config_class"])(
-        vocab_size=spec["vocab_size"], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-        intermediate_size=4 * hidden, max_position_embeddings=max(512, seq_length), **spec["kwargs"])
+        vocab_size=vocab_size or spec["vocab_size"], hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, intermediate_size=4 * hidden, max_position_embeddings=max(512, seq_length),
+        **spec["kwargs"])
     return getattr(transformers, spec["hf_class"])(config)
 
 
@@ -69,6 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     add_step_options(parser)
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="vocabulary of every model (default: each family's published one)")
     parser.add_argument("--mask-rate", type=float, default=0.15)
     parser.add_argument("--no-dense", action="store_true", help="skip the 'ours, dense prediction' column (fp32)")
     args = parser.parse_args()
@@ -84,7 +87,7 @@ def main() -> None:
     for family in args.families:
         for shape in args.shapes:
             hidden, layers = (int(x) for x in shape.split("x"))
-            reference = hf_model(family, hidden, layers, args.seq_length).train()
+            reference = hf_model(family, hidden, layers, args.seq_length, args.vocab_size).train()
             dense = from_hf(reference).train()  # same weights; sparse prediction off, as HF
             ours = EncoderForMaskedLM(replace(dense.config, sparse_prediction=True,
                                               sparse_prediction_rate=args.mask_rate)).train()
@@ -104,13 +107,14 @@ def main() -> None:
                            ours_dense_tokens_per_s=round(tps["ours_dense"]) if "ours_dense" in tps else None,
                            hf_tokens_per_s=round(tps["hf"]), speedup=round(tps["ours"] / tps["hf"], 2))
                 rows.append(row)
-                dense = row["ours_dense_tokens_per_s"] or "-"
-                print(f"{family:8} {shape:7} {precision:5} {row['batch']:7} {row['ours_tokens_per_s']:>11} {dense:>11} "
+                dense_tps = row["ours_dense_tokens_per_s"] or "-"
+                print(f"{family:8} {shape:7} {precision:5} {row['batch']:7} {row['ours_tokens_per_s']:>11} "
+                      f"{dense_tps:>11} "
                       f"{row['hf_tokens_per_s']:>9} {row['speedup']:>7}x", flush=True)
     targets = {"bert": 1.5, "deberta": 2.0}
     summary = {"benchmark": "encoder_throughput", "torch": torch.__version__, "threads": torch.get_num_threads(),
                "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # a shared machine?
-               "mask_rate": args.mask_rate,
+               "mask_rate": args.mask_rate, "vocab_size": args.vocab_size,
                "targets": targets, "rows": rows,
                "targets_met": {f"{r['family']}-{r['shape']}-{r['precision']}": r["speedup"] >= targets[r["family"]]
                                for r in rows}}

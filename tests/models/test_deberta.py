@@ -4,10 +4,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lit_lm.models import EncoderForMaskedLM
 from lit_lm.models.layers import DisentangledAttentionBias, RelativePositionEmbedding, SelfAttention
-from lit_lm.models.layers.disentangled import diagonal_skew
+from lit_lm.models.layers.attention import avoids_sdpa_float32_fallback
+from lit_lm.models.layers.disentangled import relative_scores
 from lit_lm.models.layers.positions import log_bucket_position, relative_distance_index
 from tests.models.helpers import tiny
 
@@ -41,12 +43,13 @@ def test_relative_index_clips_to_the_table():
     assert RelativePositionEmbedding(config).table.num_embeddings == 6
 
 
-def test_diagonal_skew_reads_each_pair_at_its_distance():
-    n = 5
-    scores = torch.randn(2, n, 2 * n - 1)
-    skewed = diagonal_skew(scores)
-    expected = torch.stack([torch.stack([scores[:, i, (n - 1) - (i - j)] for j in range(n)], -1) for i in range(n)], 1)
-    torch.testing.assert_close(skewed, expected)
+def test_relative_scores_read_each_pair_at_its_distance():
+    n, d = 5, 3
+    content, positions = torch.randn(2, 3, n, d), torch.randn(2, 2 * n - 1, d)  # [heads, batch, n, d], [heads, 2n-1, d]
+    scores = relative_scores(content, positions)
+    expected = torch.stack([torch.stack([content[:, :, i] @ positions[:, (n - 1) - (i - j)].unsqueeze(-1)
+                                         for j in range(n)], -2) for i in range(n)], -3).squeeze(-1)
+    torch.testing.assert_close(scores, expected)
 
 
 @pytest.mark.parametrize("terms", [("c2p", "p2c"), ("c2p",), ("p2c",)])
@@ -87,6 +90,30 @@ def test_disentangled_bias_matches_the_definition(terms, share, buckets):
     scale = 1 / math.sqrt(d * (1 + len(terms)))  # DeBERTa's sqrt(d * (1 + number of relative terms))
     assert attention.scale == pytest.approx(scale)
     torch.testing.assert_close(bias, expected * scale, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("terms", [("c2p", "p2c"), ("p2c",)])
+def test_bf16_training_keeps_the_compute_dtype_instead_of_sdpas_float32_fallback(terms, monkeypatch):
+    config = tiny(**DEBERTA, relative_terms=terms, initializer_range=0.2)
+    attention = SelfAttention(config).train()  # training: the bias needs a gradient, which SDPA's CPU kernel lacks
+    table = RelativePositionEmbedding(config)
+    x = torch.randn(2, 12, 32)
+    expected = attention(x, relative=table(12))[0]  # float32: SDPA
+    bf16, trainable = torch.randn(1, dtype=torch.bfloat16), torch.randn(1, requires_grad=True)
+    assert avoids_sdpa_float32_fallback(bf16, trainable, dropout=0.0)
+    assert not avoids_sdpa_float32_fallback(bf16, trainable.detach(), dropout=0.0)  # inference: SDPA's fused kernel
+    assert not avoids_sdpa_float32_fallback(bf16.half(), trainable, dropout=0.0)  # fp16: CPUs emulate its matmuls
+
+    def float32_fallback(*args, **kwargs):
+        raise AssertionError("SDPA would compute this bf16 attention in float32")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", float32_fallback)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(x, relative=table(12))[0]
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected, atol=3e-2, rtol=3e-2)
+    y.float().square().sum().backward()
+    assert table.table.weight.grad.abs().sum() > 0  # the position terms are trained through the explicit path
 
 
 def test_relative_embedding_norm_normalises_the_table_rows():

@@ -35,11 +35,20 @@ def causal_mask(q_len: int, k_len: int, device=None) -> torch.Tensor:
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
+def avoids_sdpa_float32_fallback(q: torch.Tensor, bias: torch.Tensor | None, dropout: float) -> bool:
+    """Whether to compute bf16 attention explicitly: on CPU, SDPA's fused kernel takes neither dropout nor a bias that
+    needs a gradient (DeBERTa's), and its fallback then computes in float32, with float32 matmuls. (Not for fp16: most
+    CPUs emulate fp16 matmuls, far slower than float32 ones.)"""
+    trainable_bias = bias is not None and bias.requires_grad
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and (dropout > 0 or trainable_bias)
+
+
 class SelfAttention(nn.Module):
     """Self-attention with one fused Q/K/V projection (one matmul instead of three).
 
     ``causal=True`` lets each position attend only to itself and earlier ones (decoders). The fast path is SDPA;
-    talking heads or a request for the attention weights take the explicit path, which computes the same thing.
+    talking heads, a request for the attention weights, or a bf16 SDPA that would fall back to float32
+    (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the same thing in the compute dtype.
     With a ``cache`` (``LayerCache``), the keys and values of earlier positions come from it and the new ones are
     appended: incremental decoding, one or more new tokens at a time.
     """
@@ -96,12 +105,12 @@ class SelfAttention(nn.Module):
         elif self.relative_kind == "t5":  # T5's bucketed bias: Raffel et al. 2020
             bias = relative.to(q.dtype)
         allowed = key_mask
-        explicit = need_weights or self.talking_heads is not None
+        dropout = self.attention_dropout if self.training else 0.0
+        explicit = need_weights or self.talking_heads is not None or avoids_sdpa_float32_fallback(q, bias, dropout)
         causal = self.causal and seq > 1  # a single new token may attend to every cached one
         if causal and (allowed is not None or bias is not None or explicit or keys != seq):
             mask = causal_mask(seq, keys, x.device)
             allowed = mask if allowed is None else allowed & mask
-        dropout = self.attention_dropout if self.training else 0.0
         weights = None
         if explicit:
             y, weights = self._explicit_attention(q, k, v, bias, allowed, dropout)
@@ -117,9 +126,9 @@ class SelfAttention(nn.Module):
         return self.out_dropout(self.out(y)), weights
 
     def _explicit_attention(self, q, k, v, bias, allowed, dropout: float):
-        scores = (q @ k.transpose(-1, -2)) * self.scale
+        scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # in place: the matmul keeps its inputs, not its output
         if bias is not None:
-            scores = scores + bias
+            scores = scores.add_(bias)
         if self.talking_heads is not None:
             scores = self.talking_heads.mix(scores, self.talking_heads.logits_mix)
         if allowed is not None:  # after the logits mix, which would otherwise spread the masked logits

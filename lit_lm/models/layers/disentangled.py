@@ -7,15 +7,18 @@ from torch import nn
 from lit_lm.models.config import TransformerConfig
 
 
-def diagonal_skew(scores: torch.Tensor) -> torch.Tensor:
-    """``[..., n, 2n-1]`` scores against distances ``n-1 .. -(n-1)`` -> ``[..., n, n]`` with
-    ``out[i, j] = scores[i, (n-1) - (i-j)]``: row ``i`` read along the distance ``i - j`` of each key ``j``.
+def relative_scores(content: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Scores of ``content`` [heads, batch, n, d] against ``positions`` [heads, 2n-1, d] (distances ``n-1 .. -(n-1)``),
+    per (query, key) pair: [heads, batch, n, n], ``out[h, b, i, j] = content[h, b, i] . positions[h, (n-1) - (i-j)]``.
 
-    Views and slices only (Transformer-XL's relative shift, Dai et al. 2019): no gather, and a cheap backward.
+    One matmul per head for the whole batch, read through one strided view of its fresh output (Transformer-XL's
+    relative shift, Dai et al. 2019): no gather, and a backward of one zero-filled buffer and one copy.
     """
-    n = scores.shape[-2]
-    flat = scores.flatten(-2)  # row i starts at i * (2n - 1); out[i, j] sits at (n - 1) + i * (2n - 2) + j
-    return flat[..., n - 1 : n - 1 + n * (2 * n - 2)].unflatten(-1, (n, 2 * n - 2))[..., :n]
+    heads, batch, n, d = content.shape
+    # contiguous operands: bmm would copy strided ones in the forward and again in the backward
+    scores = torch.bmm(content.reshape(heads, batch * n, d).contiguous(), positions.contiguous().transpose(1, 2))
+    # in each sequence's block of the fresh output, row i starts at i * (2n - 1): out[i, j] at (n-1) + i * (2n-2) + j
+    return scores.as_strided((heads, batch, n, n), (batch * n * (2 * n - 1), n * (2 * n - 1), 2 * n - 2, 1), n - 1)
 
 
 class DisentangledAttentionBias(nn.Module):
@@ -26,13 +29,12 @@ class DisentangledAttentionBias(nn.Module):
     - c2p: ``q_i . K_r[delta(i, j)]``, the query's content against the key's relative position;
     - p2c: ``k_j . Q_r[delta(i, j)]``, the key's content against the query's relative position,
     with ``K_r``/``Q_r`` the embeddings projected by this layer's own key/query projections (``share_att_key``,
-    DeBERTa-v3) or by separate ones. Scores against every distance are one matmul; ``diagonal_skew`` lays them out
-    per (query, key) pair. The sum is scaled like the content scores, by 1/sqrt(d * (1 + number of terms)).
+    DeBERTa-v3) or by separate ones. A term's scores against every distance are one matmul (``relative_scores``),
+    read per (query, key) pair. The sum is scaled like the content scores, by 1/sqrt(d * (1 + number of terms)).
     """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.hidden_size = config.hidden_size
         self.num_heads = config.num_heads
         self.content_to_position = "c2p" in config.relative_terms
         self.position_to_content = "p2c" in config.relative_terms
@@ -45,25 +47,29 @@ class DisentangledAttentionBias(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.scale = config.attention_scale
 
-    def _project(self, relative: torch.Tensor, qkv: nn.Linear, part: int) -> torch.Tensor:
-        """Relative embeddings through the query (part 0) or key (part 1) projection -> [heads, distances, d]."""
+    def _positions(self, relative: torch.Tensor, qkv: nn.Linear) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Relative embeddings through the query and key projections, scaled -> ``(Q_r, K_r)``, [distances, hidden]."""
         if self.share_att_key:
-            rows = slice(part * self.hidden_size, (part + 1) * self.hidden_size)
-            bias = None if qkv.bias is None else qkv.bias[rows]
-            projected = F.linear(relative, qkv.weight[rows], bias)
-        else:
-            projected = (self.pos_query if part == 0 else self.pos_key)(relative)
-        return projected.unflatten(-1, (self.num_heads, -1)).transpose(0, 1)
+            # through the whole fused projection (V too, unused): autocast reuses its cast weight, and no weight slice
+            # has to be scattered back in the backward
+            queries, keys, _ = (F.linear(relative, qkv.weight, qkv.bias) * self.scale).chunk(3, dim=-1)
+            return queries, keys
+        queries = self.pos_query(relative) * self.scale if self.position_to_content else None
+        keys = self.pos_key(relative) * self.scale if self.content_to_position else None
+        return queries, keys
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, relative: torch.Tensor, qkv: nn.Linear) -> torch.Tensor:
         """q, k: [batch, heads, n, d]; relative: [2n - 1, hidden] -> bias [batch, heads, n, n]."""
-        relative = self.dropout(relative)
-        bias = torch.zeros((), dtype=q.dtype, device=q.device)
+        queries, keys = self._positions(self.dropout(relative), qkv)
+        bias = None
         if self.content_to_position:
-            position_keys = self._project(relative, qkv, part=1)
-            bias = bias + diagonal_skew(q @ position_keys.transpose(-1, -2))
+            bias = relative_scores(q.transpose(0, 1), self._per_head(keys))
         if self.position_to_content:
-            # distances reversed: row j of the skew then reads delta(i, j) = -(j - i) for each query i
-            position_queries = self._project(relative.flip(0), qkv, part=0)
-            bias = bias + diagonal_skew(k @ position_queries.transpose(-1, -2)).transpose(-1, -2)
-        return bias * self.scale
+            # distances reversed: row j then reads delta(i, j) = -(j - i) for each query i
+            p2c = relative_scores(k.transpose(0, 1), self._per_head(queries.flip(0))).transpose(-1, -2)
+            bias = p2c if bias is None else bias + p2c
+        return bias.transpose(0, 1)
+
+    def _per_head(self, positions: torch.Tensor) -> torch.Tensor:
+        """[distances, hidden] -> [heads, distances, d]."""
+        return positions.unflatten(-1, (self.num_heads, -1)).transpose(0, 1)
