@@ -33,7 +33,8 @@ def two_runs(tmp_path_factory) -> Path:
         for lr in ("2e-3", "5e-4"):
             main(["fit", "--config", QUICKSTART, *TINY_RUN, "--data.init_args.paths", f"[{corpus}]",
                   "--model.init_args.optimizer.lr", lr])
-        shutil.copytree(base / "runs" / "quickstart" / "logs" / "version_0", base / "runs" / "other" / "logs" / "version_0")
+        first = base / "runs" / "quickstart" / "logs" / "version_0"
+        shutil.copytree(first, base / "runs" / "other" / "logs" / "version_0")
     return base
 
 

@@ -52,7 +52,8 @@ def run_folder(recipe: str) -> Path:
 
 def arguments(recipe: str, corpus: Path, precision: str, steps: int) -> list[str]:
     # a recipe's fixed accumulation (64 micro-batches a step for GPT-2) shrinks to 2; a batch ramp keeps its own
-    accumulate = ["--trainer.accumulate_grad_batches", "2"] if "accumulate_grad_batches" in trainer_settings(recipe) else []
+    fixed_accumulation = "accumulate_grad_batches" in trainer_settings(recipe)
+    accumulate = ["--trainer.accumulate_grad_batches", "2"] if fixed_accumulation else []
     return ["--config", str(ROOT / "configs" / recipe), *TINY, *accumulate, "--data.init_args.paths", f"[{corpus}]",
             "--trainer.precision", precision, "--trainer.max_steps", str(steps)]
 
