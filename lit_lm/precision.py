@@ -53,15 +53,15 @@ def _cuda_capability() -> tuple[str, tuple[int, int]] | None:
     return torch.cuda.get_device_name(), torch.cuda.get_device_capability()
 
 
-def accelerator_name(accelerator: object) -> str:
-    """``trainer.accelerator`` as a lower-case name, whether a string, an Accelerator or its class_path."""
+def setting_name(accelerator: object) -> str:
+    """``trainer.accelerator`` or ``trainer.strategy`` as a lower-case name: a string, an object or its class_path."""
     if isinstance(accelerator, str):
         return accelerator.lower()
     return str(getattr(accelerator, "class_path", None) or type(accelerator).__name__).lower()
 
 
 def runs_on_cuda(accelerator: object) -> bool:
-    name = accelerator_name(accelerator)
+    name = setting_name(accelerator)
     return (name in ("auto", "gpu") or "cuda" in name) and torch.cuda.is_available()
 
 
@@ -72,7 +72,7 @@ def auto_precision(accelerator: object = "auto", matmul: tuple[int, int, int] = 
     bf16-mixed only where a ``matmul`` = (rows, hidden, inner) of the model's shape measured at least
     ``MIN_BF16_SPEEDUP`` times faster in bf16 than in fp32 (CPUs with AVX512-BF16 or AMX); 32-true otherwise.
     """
-    name = accelerator_name(accelerator)
+    name = setting_name(accelerator)
     if name in ("auto", "gpu", "cuda") or "cuda" in name:
         cuda = _cuda_capability()
         if cuda is not None:
@@ -135,9 +135,9 @@ def precision_plugin(precision: object, accelerator: object = "auto", strategy: 
     given = plugins if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
     if any(isinstance(plugin, Precision) for plugin in given):
         return None
-    if any(name in accelerator_name(strategy) for name in STRATEGIES_WITH_OWN_PRECISION):
+    if any(name in setting_name(strategy) for name in STRATEGIES_WITH_OWN_PRECISION):
         return None
-    name = accelerator_name(accelerator)
+    name = setting_name(accelerator)
     if runs_on_cuda(accelerator):
         device = "cuda"
     elif name in ("auto", "mps") and torch.backends.mps.is_available():
