@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lit_lm.callbacks import ModelCheckpoint
+from lit_lm.runs import ResumeError
 from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
 
 
@@ -39,3 +40,20 @@ def test_no_extra_save_when_the_last_step_was_just_saved(tmp_path):
     trainer.fit(LinearOnTokens())
     assert final_step(tmp_path / "last.ckpt") == 10
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=10.ckpt", "last.ckpt"]
+
+
+def test_a_fixed_folder_with_another_runs_checkpoints_is_refused_unless_resuming(tmp_path):
+    folder = tmp_path / "checkpoints"
+
+    def fit(max_steps, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_on_exception=True)
+        trainer = quiet_trainer(tmp_path, max_steps=max_steps, callbacks=[checkpoint], enable_checkpointing=True)
+        trainer.fit(LinearOnTokens(), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(3)
+    first = (folder / "last.ckpt").read_bytes()
+    with pytest.raises(ResumeError, match=r"already holds another run's checkpoints.*--ckpt_path last"):
+        fit(3)  # a fresh run into the same folder
+    assert (folder / "last.ckpt").read_bytes() == first  # the refusal saved nothing over the first run
+    assert fit(5, ckpt_path=str(folder / "last.ckpt")).global_step == 5  # resuming it is allowed
