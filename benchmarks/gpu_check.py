@@ -8,8 +8,8 @@ default, caps it: recipe runs still going when it is spent are stopped and repor
 
 Its numbers (the pass/fail table per recipe and precision, the BERT-base tokens/s and MFU rows) go into
 docs/measurements.md (its GPU section). This project's lent H200 has python3 with torch, lightning, torchmetrics,
-tokenizers and transformers but not the three packages LightningCLI's signatures need, and no network; the script names what is missing and
-stops. Bring them as wheels (pure Python, about 1 MB): once, in the checkout,
+tokenizers and transformers but not the three packages LightningCLI's signatures need, and no network; the
+script names what is missing and stops. Bring them as wheels (pure Python, about 1 MB): once, in the checkout,
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
