@@ -174,7 +174,8 @@ class TransformerConfig:
         if self.moe_capacity_factor <= 0 or self.moe_aux_loss_weight < 0:
             raise ValueError("model config: moe_capacity_factor must be positive and moe_aux_loss_weight >= 0.")
         if self.sparse_prediction_rate is not None and not 0.0 < self.sparse_prediction_rate <= 1.0:
-            raise ValueError(f"model config: sparse_prediction_rate must be in (0, 1], got {self.sparse_prediction_rate}.")
+            raise ValueError(f"model config: sparse_prediction_rate must be in (0, 1], "
+                             f"got {self.sparse_prediction_rate}.")
         for check in CONFIG_CHECKS:
             check(self)
 

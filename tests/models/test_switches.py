@@ -106,7 +106,8 @@ def test_position_offset_reads_the_table_from_the_offset():
     plain = EncoderForMaskedLM(tiny(type_vocab_size=0)).eval()
     offset = EncoderForMaskedLM(tiny(type_vocab_size=0, position_offset=2, max_position_embeddings=26)).eval()
     state = plain.state_dict()
-    state["encoder.position_embedding.weight"] = torch.cat([torch.randn(2, 32), state["encoder.position_embedding.weight"]])
+    table = state["encoder.position_embedding.weight"]
+    state["encoder.position_embedding.weight"] = torch.cat([torch.randn(2, 32), table])
     offset.load_state_dict(state)
     ids = torch.randint(5, 50, (1, 24))
     torch.testing.assert_close(offset(ids).logits, plain(ids).logits)

@@ -107,7 +107,8 @@ def test_a_registered_scheme_decodes_with_a_kv_cache_like_full_forwards():
     model = DecoderForCausalLM(tiny(**TOY, **GPT2, initializer_range=0.3)).eval()
     ids = torch.randint(5, 50, (1, 10))
     cache = model.new_cache()
-    steps = [model(ids[:, :6], cache=cache).logits] + [model(ids[:, i : i + 1], cache=cache).logits for i in range(6, 10)]
+    steps = [model(ids[:, :6], cache=cache).logits]
+    steps += [model(ids[:, i : i + 1], cache=cache).logits for i in range(6, 10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
