@@ -1,8 +1,7 @@
 """Pure-torch models: importable and testable without Lightning."""
 
 from lit_lm.models.config import TransformerConfig
-from lit_lm.models.decoder import Decoder, DecoderForCausalLM
-from lit_lm.models.encoder import Encoder, EncoderForMaskedLM
-from lit_lm.models.output import LMOutput
+from lit_lm.models.output import IGNORE_INDEX, LMOutput
+from lit_lm.models.transformer import DecoderForCausalLM, EncoderForMaskedLM, Transformer
 
-__all__ = ["TransformerConfig", "Encoder", "EncoderForMaskedLM", "Decoder", "DecoderForCausalLM", "LMOutput"]
+__all__ = ["TransformerConfig", "Transformer", "EncoderForMaskedLM", "DecoderForCausalLM", "LMOutput", "IGNORE_INDEX"]

@@ -1,6 +1,6 @@
 """One config dataclass for every lit-lm transformer; each field's docstring is its ``--help`` text."""
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,8 +9,18 @@ NormPlacement = Literal["pre", "post"]
 ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
 PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
 PositionEmbedding = Literal["learned", "none"]
-RelativePositions = Literal["none", "disentangled", "rotary", "t5"]
+RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
+
+CONFIG_CHECKS: list[Callable[["TransformerConfig"], None]] = []
+"""Checks every ``TransformerConfig`` runs after its own: a layer package validates the settings it owns here
+(layers/positions: ``relative_positions`` and the scheme's settings), so this file never learns their names."""
+
+
+def config_check(check: Callable[["TransformerConfig"], None]) -> Callable[["TransformerConfig"], None]:
+    """Decorator: run ``check(config)`` on every new ``TransformerConfig``; it raises ``ValueError`` to refuse one."""
+    CONFIG_CHECKS.append(check)
+    return check
 
 
 @dataclass
@@ -41,7 +51,8 @@ class TransformerConfig:
     relative_positions: RelativePositions = "none"
     """Relative positions inside attention: 'none', 'disentangled' (DeBERTa, He et al. 2021; encoders only),
     'rotary' (queries and keys rotated by their position, Su et al. 2021) or 't5' (a learned per-head bias for each
-    bucket of distances, Raffel et al. 2020). Combine rotary and t5 with position_embedding: none."""
+    bucket of distances, Raffel et al. 2020), or any scheme registered in layers/positions. Combine rotary and t5
+    with position_embedding: none."""
     rotary_base: float = 10000.0
     """Base of the rotary embedding's frequencies (relative_positions: rotary)."""
     relative_terms: tuple[RelativeTerm, ...] = ("c2p", "p2c")
@@ -152,7 +163,6 @@ class TransformerConfig:
         if self.position_offset >= self.max_position_embeddings:
             raise ValueError(f"model config: position_offset ({self.position_offset}) must be below "
                              f"max_position_embeddings ({self.max_position_embeddings}).")
-        self._check_relative_positions()
         if self.conv_kernel_size and (self.conv_kernel_size % 2 == 0 or self.hidden_size % self.conv_groups):
             raise ValueError(
                 f"model config: conv_kernel_size ({self.conv_kernel_size}) must be odd and conv_groups "
@@ -164,37 +174,10 @@ class TransformerConfig:
         if self.moe_capacity_factor <= 0 or self.moe_aux_loss_weight < 0:
             raise ValueError("model config: moe_capacity_factor must be positive and moe_aux_loss_weight >= 0.")
         if self.sparse_prediction_rate is not None and not 0.0 < self.sparse_prediction_rate <= 1.0:
-            raise ValueError(f"model config: sparse_prediction_rate must be in (0, 1], got {self.sparse_prediction_rate}.")
-
-    def _check_relative_positions(self) -> None:
-        if self.relative_positions == "none":
-            return
-        if self.relative_positions == "rotary":
-            if self.head_dim % 2 or self.rotary_base <= 1:
-                raise ValueError(f"model config: rotary positions need an even head size (hidden_size / num_heads = "
-                                 f"{self.head_dim}) and rotary_base > 1 (got {self.rotary_base}).")
-            return
-        if self.relative_positions == "t5":
-            if self.position_buckets < 2:
-                raise ValueError(f"model config: relative_positions t5 needs position_buckets >= 2 (T5: 32), "
-                                 f"got {self.position_buckets}.")
-            if self.relative_max_distance <= self.position_buckets // 2:
-                raise ValueError(f"model config: with relative_positions t5, max_relative_positions (or "
-                                 f"max_position_embeddings) must exceed position_buckets / 2, got "
-                                 f"{self.relative_max_distance}.")
-            return
-        if not self.relative_terms or not set(self.relative_terms) <= {"c2p", "p2c"}:
-            raise ValueError(
-                f"model config: relative_terms must name 'c2p' and/or 'p2c' for disentangled attention, got "
-                f"{list(self.relative_terms)}; set relative_positions: none to turn relative positions off."
-            )
-        if self.position_buckets == 1:
-            raise ValueError("model config: position_buckets must be 0 (no buckets) or at least 2.")
-        if self.position_buckets and self.relative_max_distance <= self.position_buckets // 2 + 1:
-            raise ValueError(
-                f"model config: with position_buckets {self.position_buckets}, max_relative_positions (or "
-                f"max_position_embeddings) must exceed {self.position_buckets // 2 + 1}, got {self.relative_max_distance}."
-            )
+            raise ValueError(f"model config: sparse_prediction_rate must be in (0, 1], "
+                             f"got {self.sparse_prediction_rate}.")
+        for check in CONFIG_CHECKS:
+            check(self)
 
     @property
     def head_dim(self) -> int:
@@ -213,9 +196,3 @@ class TransformerConfig:
     def relative_span(self) -> int:
         """Relative embeddings each way: the bucket count, or the clipping distance; the table holds twice this."""
         return self.position_buckets or self.relative_max_distance
-
-    @property
-    def attention_scale(self) -> float:
-        """1/sqrt(d), with DeBERTa's sqrt(d * (1 + number of relative terms)) under disentangled attention."""
-        terms = len(self.relative_terms) if self.relative_positions == "disentangled" else 0
-        return 1.0 / math.sqrt(self.head_dim * (1 + terms))

@@ -4,7 +4,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from lit_lm.models import DecoderForCausalLM, TransformerConfig
-from lit_lm.models.encoder import IGNORE_INDEX
+from lit_lm.models import IGNORE_INDEX
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule
 

@@ -2,7 +2,7 @@
 
 import torch
 
-IGNORE_INDEX = -100
+from lit_lm.models.output import IGNORE_INDEX
 
 
 def mask_tokens(

@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from lit_lm.models import EncoderForMaskedLM
-from lit_lm.models.layers import DisentangledAttentionBias, RelativePositionEmbedding, SelfAttention
+from lit_lm.models.layers import (
+    AttentionInputs, DisentangledAttentionBias, RelativePositionEmbedding, SelfAttention,
+)
 from lit_lm.models.layers.attention import avoids_sdpa_float32_fallback
-from lit_lm.models.layers.disentangled import relative_scores
-from lit_lm.models.layers.positions import log_bucket_position, relative_distance_index
+from lit_lm.models.layers.positions.disentangled import (
+    log_bucket_position, relative_distance_index, relative_scores,
+)
 from tests.models.helpers import tiny
 
 DEBERTA = dict(relative_positions="disentangled", position_embedding="none", type_vocab_size=0)
@@ -98,7 +101,7 @@ def test_bf16_training_keeps_the_compute_dtype_instead_of_sdpas_float32_fallback
     attention = SelfAttention(config).train()  # training: the bias needs a gradient, which SDPA's CPU kernel lacks
     table = RelativePositionEmbedding(config)
     x = torch.randn(2, 12, 32)
-    expected = attention(x, relative=table(12))[0]  # float32: SDPA
+    expected = attention(x, AttentionInputs(relative=table(12)))[0]  # float32: SDPA
     bf16, trainable = torch.randn(1, dtype=torch.bfloat16), torch.randn(1, requires_grad=True)
     assert avoids_sdpa_float32_fallback(bf16, trainable, dropout=0.0)
     assert not avoids_sdpa_float32_fallback(bf16, trainable.detach(), dropout=0.0)  # inference: SDPA's fused kernel
@@ -109,7 +112,7 @@ def test_bf16_training_keeps_the_compute_dtype_instead_of_sdpas_float32_fallback
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", float32_fallback)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = attention(x, relative=table(12))[0]
+        y = attention(x, AttentionInputs(relative=table(12)))[0]
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), expected, atol=3e-2, rtol=3e-2)
     y.float().square().sum().backward()
@@ -144,7 +147,7 @@ def test_ngie_convolution_changes_the_first_block_output_only_beside_it():
         model.encoder.ngie.conv.bias.zero_()
     embeddings = model.encoder.embed(ids)
     relative = model.encoder.relative_positions(8)
-    first = model.encoder.blocks[0](embeddings, relative=relative).hidden
+    first = model.encoder.blocks[0](embeddings, AttentionInputs(relative=relative)).hidden
     torch.testing.assert_close(model.encoder.ngie(embeddings, first), model.encoder.ngie.norm(first))
 
 

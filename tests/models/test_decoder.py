@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lit_lm.models import DecoderForCausalLM
-from lit_lm.models.layers.positions import t5_bucket
+from lit_lm.models.layers.positions.t5 import t5_bucket
 from tests.models.helpers import tiny
 from tests.models.test_switches import randomise_talking_heads
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from lit_lm.models import EncoderForMaskedLM
-from lit_lm.models.encoder import prediction_count
-from lit_lm.models.layers import FeedForward, SelfAttention, TransformerBlock
+from lit_lm.models.layers import AttentionInputs, FeedForward, SelfAttention, TransformerBlock
 from lit_lm.models.layers.conv import DepthwiseSequenceConv
+from lit_lm.models.layers.heads import prediction_count
 from tests.models.helpers import padded, tiny
 
 
@@ -106,7 +106,8 @@ def test_position_offset_reads_the_table_from_the_offset():
     plain = EncoderForMaskedLM(tiny(type_vocab_size=0)).eval()
     offset = EncoderForMaskedLM(tiny(type_vocab_size=0, position_offset=2, max_position_embeddings=26)).eval()
     state = plain.state_dict()
-    state["encoder.position_embedding.weight"] = torch.cat([torch.randn(2, 32), state["encoder.position_embedding.weight"]])
+    table = state["encoder.position_embedding.weight"]
+    state["encoder.position_embedding.weight"] = torch.cat([torch.randn(2, 32), table])
     offset.load_state_dict(state)
     ids = torch.randint(5, 50, (1, 24))
     torch.testing.assert_close(offset(ids).logits, plain(ids).logits)
@@ -159,8 +160,8 @@ def test_talking_heads_start_as_plain_attention_and_mix_heads():
     swap = torch.eye(4)[[1, 0, 2, 3]]
     with torch.no_grad():
         talking.talking_heads.weights_mix.copy_(swap)  # head 0 now uses head 1's attention weights, and back
-    _, plain_weights = plain(x, need_weights=True)
-    _, mixed_weights = talking(x, need_weights=True)
+    _, plain_weights = plain(x, AttentionInputs(need_weights=True))
+    _, mixed_weights = talking(x, AttentionInputs(need_weights=True))
     torch.testing.assert_close(mixed_weights, plain_weights[:, [1, 0, 2, 3]])
     assert not torch.allclose(talking(x)[0], plain(x)[0], atol=1e-4)
 
@@ -191,10 +192,11 @@ def test_causal_attention_never_looks_ahead(switches):
     x = torch.randn(1, 8, 32)
     changed = x.clone()
     changed[:, 5:] = torch.randn(1, 3, 32)
-    y, y_changed = attention(x, relative=relative)[0], attention(changed, relative=relative)[0]
+    inputs = AttentionInputs(relative=relative)
+    y, y_changed = attention(x, inputs)[0], attention(changed, inputs)[0]
     torch.testing.assert_close(y[:, :5], y_changed[:, :5])
     assert not torch.allclose(y[:, 5:], y_changed[:, 5:])
-    y_explicit, weights = attention(x, relative=relative, need_weights=True)
+    y_explicit, weights = attention(x, inputs._replace(need_weights=True))
     torch.testing.assert_close(y_explicit, y, atol=1e-5, rtol=1e-5)
     assert torch.all(weights.triu(diagonal=1) == 0)
 

@@ -6,8 +6,8 @@ from torch import nn
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.conv import DepthwiseSequenceConv
-from lit_lm.models.layers.disentangled import DisentangledAttentionBias
-from lit_lm.models.layers.positions import apply_rotary
+from lit_lm.models.layers.inputs import AttentionInputs
+from lit_lm.models.layers.positions import position_scheme
 
 
 class TalkingHeads(nn.Module):
@@ -50,7 +50,8 @@ class SelfAttention(nn.Module):
     talking heads, a request for the attention weights, or a bf16 SDPA that would fall back to float32
     (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the same thing in the compute dtype.
     With a ``cache`` (``LayerCache``), the keys and values of earlier positions come from it and the new ones are
-    appended: incremental decoding, one or more new tokens at a time.
+    appended: incremental decoding, one or more new tokens at a time. The model's relative-position scheme
+    (``config.relative_positions``) rotates the queries and keys and adds its bias to the scores.
     """
 
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
@@ -58,52 +59,38 @@ class SelfAttention(nn.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.causal = causal
-        self.scale = config.attention_scale
-        self.relative_kind = config.relative_positions
+        self.positions = position_scheme(config.relative_positions)
+        self.scale = self.positions.attention_scale(config)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.qkv_conv = (  # Primer: depthwise convolution after the Q/K/V projections (So et al. 2021)
             DepthwiseSequenceConv(3 * config.hidden_size, config.qkv_conv_kernel_size, causal, config.qkv_bias)
             if config.qkv_conv_kernel_size else None
         )
-        self.relative = (
-            DisentangledAttentionBias(config) if config.relative_positions == "disentangled" else None
-        )
+        self.relative = self.positions.layer_module(config)  # e.g. DeBERTa's per-layer position projections
         self.talking_heads = TalkingHeads(config.num_heads) if config.talking_heads else None
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.out_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        relative: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-        cache=None,
+        self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs()
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [batch, seq, hidden]; key_mask: bool [batch, 1, 1 or seq, keys], True = attend (None: nothing padded);
-        relative: what the model's relative positions computed for this forward (see layers/positions.py);
-        token_mask: float [batch, seq, 1], 1 = real token, for layers that mix along the sequence;
-        cache: this layer's ``LayerCache`` in incremental decoding (keys = cached positions + seq), else None.
-        Returns the output and, with ``need_weights``, the attention weights [batch, heads, seq, keys]."""
+        """x: [batch, seq, hidden]; ``inputs``: the masks, relative positions and cache of this forward.
+        Returns the output and, with ``inputs.need_weights``, the attention weights [batch, heads, seq, keys]."""
+        key_mask, relative, token_mask, need_weights, cache = inputs
         batch, seq, hidden = x.shape
         qkv = self.qkv(x)
         if self.qkv_conv is not None:
             qkv = self.qkv_conv(qkv, token_mask, cache)
         q, k, v = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.relative_kind != "none" and relative is None:
-            raise ValueError(f"{self.relative_kind} attention needs the model's relative positions (relative=)")
-        if self.relative_kind == "rotary":  # RoFormer: Su et al. 2021
-            q, k = apply_rotary(q, relative), apply_rotary(k, relative)
+        if relative is None and self.positions.needs_state:
+            raise ValueError(f"{self.positions.name} attention needs the model's relative positions "
+                             f"(AttentionInputs.relative)")
+        q, k = self.positions.rotate(relative, q, k)
         if cache is not None:
             k, v = cache.append(k, v)
         keys = k.shape[2]
-        bias = None
-        if self.relative is not None:
-            bias = self.relative(q, k, relative, self.qkv)
-        elif self.relative_kind == "t5":  # T5's bucketed bias: Raffel et al. 2020
-            bias = relative.to(q.dtype)
+        bias = self.positions.score_bias(relative, q, k, self)
         allowed = key_mask
         dropout = self.attention_dropout if self.training else 0.0
         explicit = need_weights or self.talking_heads is not None or avoids_sdpa_float32_fallback(q, bias, dropout)

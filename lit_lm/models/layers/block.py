@@ -8,6 +8,7 @@ from torch import nn
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.attention import SelfAttention
 from lit_lm.models.layers.ffn import FeedForward
+from lit_lm.models.layers.inputs import AttentionInputs
 from lit_lm.models.layers.moe import MixtureOfExperts
 from lit_lm.models.layers.norms import build_norm
 
@@ -32,22 +33,14 @@ class TransformerBlock(nn.Module):
             return self.ffn(x, token_mask)
         return self.ffn(x), None
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        relative: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-        cache=None,
-    ) -> BlockOutput:
-        """Arguments as ``SelfAttention.forward``."""
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs()) -> BlockOutput:
+        """x: [batch, seq, hidden]; ``inputs`` as ``SelfAttention.forward``."""
         if self.pre_norm:
-            h, weights = self.attn(self.attn_norm(x), key_mask, relative, token_mask, need_weights, cache)
+            h, weights = self.attn(self.attn_norm(x), inputs)
             x = x + h
-            h, aux_loss = self._ffn(self.ffn_norm(x), token_mask)
+            h, aux_loss = self._ffn(self.ffn_norm(x), inputs.token_mask)
             return BlockOutput(x + h, weights, aux_loss)
-        h, weights = self.attn(x, key_mask, relative, token_mask, need_weights, cache)
+        h, weights = self.attn(x, inputs)
         x = self.attn_norm(x + h)
-        h, aux_loss = self._ffn(x, token_mask)
+        h, aux_loss = self._ffn(x, inputs.token_mask)
         return BlockOutput(self.ffn_norm(x + h), weights, aux_loss)

@@ -1,4 +1,6 @@
-"""Output heads."""
+"""Output heads, and the sparse prediction that runs the masked-LM head on the labelled positions only."""
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ from torch import nn
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.activations import activation_fn
 from lit_lm.models.layers.norms import build_norm
+from lit_lm.models.output import IGNORE_INDEX
 
 
 class MixtureOfSoftmaxes(nn.Module):
@@ -48,3 +51,30 @@ class MaskedLMHead(nn.Module):
         if self.mixture is not None:
             return self.mixture(hidden, self.decoder)
         return self.decoder(hidden)
+
+
+def prediction_count(positions: int, rate: float) -> int:
+    """How many positions sparse prediction keeps for a batch of ``positions``: the expected number of labelled
+    ones at ``rate`` plus 3 standard deviations. About one batch in 700 has more (its extra labelled positions are
+    left out of that step's loss); 2048 positions at rate 0.15 keep 356, 16% more than the expected 307."""
+    return min(positions, math.ceil(rate * positions + 3 * math.sqrt(positions * rate * (1 - rate))))
+
+
+def select_predictions(
+    hidden: torch.Tensor, labels: torch.Tensor, rate: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states and labels of the labelled positions, flattened to ``[n, hidden]`` and ``[n]``
+    (sparse prediction: Geiping & Goldstein 2022, cramming).
+
+    With ``rate`` None, ``n`` is the number of labelled positions (it varies by batch). With a rate, ``n`` is
+    ``prediction_count(batch * seq, rate)``: fixed by the batch shape, so the shapes are static and the model
+    compiles; slots beyond the labelled positions get label -100 (ignored by the loss).
+    """
+    hidden, labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    labelled = labels != IGNORE_INDEX
+    if rate is None:
+        return hidden[labelled], labels[labelled]
+    n = prediction_count(len(labels), rate)
+    index = torch.nonzero_static(labelled, size=n, fill_value=0).squeeze(-1)
+    used = torch.arange(n, device=labels.device) < labelled.sum()
+    return hidden[index], torch.where(used, labels[index], IGNORE_INDEX)

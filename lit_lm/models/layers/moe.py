@@ -30,9 +30,10 @@ class MixtureOfExperts(nn.Module):
         self.router = nn.Linear(config.hidden_size, config.moe_experts, bias=False)
         self.act = Activation(config.activation)
         hidden, inner = config.hidden_size, config.intermediate_size
-        self.up = nn.Parameter(torch.empty(config.moe_experts, hidden, inner * self.act.width_multiplier))
+        up_width = inner * self.act.width_multiplier
+        self.up = nn.Parameter(torch.empty(config.moe_experts, hidden, up_width))
         self.down = nn.Parameter(torch.empty(config.moe_experts, inner, hidden))
-        self.up_bias = nn.Parameter(torch.zeros(config.moe_experts, 1, inner * self.act.width_multiplier)) if config.bias else None
+        self.up_bias = nn.Parameter(torch.zeros(config.moe_experts, 1, up_width)) if config.bias else None
         self.down_bias = nn.Parameter(torch.zeros(config.moe_experts, 1, hidden)) if config.bias else None
         self.dropout = nn.Dropout(config.dropout)
 
