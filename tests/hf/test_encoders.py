@@ -126,10 +126,10 @@ def test_configs_without_a_builtin_class_are_named_and_refused_for_that_class():
 
 
 def test_to_hf_refuses_a_builtin_class_that_would_compute_something_else(monkeypatch):
-    import lit_lm.hf as hf_module
+    import lit_lm.hf.convert as convert
     from lit_lm.hf.families import FAMILIES
 
-    monkeypatch.setattr(hf_module, "_resolve_family", lambda config, architecture: FAMILIES["bert"])
+    monkeypatch.setattr(convert, "_resolve_family", lambda config, architecture: FAMILIES["bert"])
     with pytest.raises(UnsupportedConfig, match="does not reproduce"):  # pre-LN has the same weights as post-LN
         to_hf(EncoderForMaskedLM(lit_config(norm_placement="pre")))
     with pytest.raises(UnsupportedConfig, match="no place for.*talking_heads"):
