@@ -74,16 +74,17 @@ def _absolute(module: Module, node: ast.ImportFrom) -> str:
 
 
 def imported_modules(module: Module) -> list[str]:
-    """The ``lit_lm.models`` modules (and packages) ``module`` imports, in the order it imports them."""
+    """The ``lit_lm.models`` modules ``module`` imports, in the order it imports them: ``from P import name`` imports
+    the package P (its ``__init__``) unless every name is a submodule of P, which it then imports instead."""
     names = []
     for node in lit_lm_imports(module):
         target = _absolute(module, node)
         if target != ROOT_PACKAGE and not target.startswith(ROOT_PACKAGE + "."):
             raise RuntimeError(f"{module.path}:{node.lineno}: the models import {target}, outside {ROOT_PACKAGE}; "
                                f"a custom-code export carries {ROOT_PACKAGE} only.")
-        names.append(target)
-        if _path(target).name == "__init__.py":  # `from package import submodule` imports the submodule too
-            names += [f"{target}.{a.name}" for a in node.names if _path(f"{target}.{a.name}") is not None]
+        is_package = _path(target).name == "__init__.py"
+        submodules = [f"{target}.{a.name}" for a in node.names if is_package and _path(f"{target}.{a.name}")]
+        names += ([] if len(submodules) == len(node.names) else [target]) + submodules
     return names
 
 
@@ -108,9 +109,15 @@ def top_level_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def bundled_modules() -> list[Module]:
-    """The modules the models need, dependencies first; ``__init__`` files that only import are left out."""
-    roots = sorted({inspect.getmodule(cls).__name__ for cls in (EncoderForMaskedLM, DecoderForCausalLM)})
+def model_modules() -> list[str]:
+    """The modules that define the two models."""
+    return sorted({inspect.getmodule(cls).__name__ for cls in (EncoderForMaskedLM, DecoderForCausalLM)})
+
+
+def bundled_modules(roots: list[str] | None = None) -> list[Module]:
+    """The modules ``roots`` (default: the models') need, themselves included, dependencies first; ``__init__``
+    files that only import are left out."""
+    roots = model_modules() if roots is None else roots
     order: list[Module] = []
     state: dict[str, str] = {}  # name -> "visiting" | "done"
 
@@ -128,7 +135,8 @@ def bundled_modules() -> list[Module]:
         order.append(module)
         if module.is_package:  # its modules belong to it, but need not come before it
             for member in package_modules(module):
-                visit(member, ())
+                if member not in state:
+                    visit(member, ())
 
     for root in roots:
         visit(root, ())
@@ -140,10 +148,10 @@ def _without_lit_lm_imports(module: Module) -> str:
     return "\n".join(line for i, line in enumerate(module.path.read_text().splitlines(), start=1) if i not in drop)
 
 
-def bundle_source(tail: Path | None = None) -> str:
-    """The bundled modules in one file (then the file ``tail``, e.g. the HuggingFace wrapper), with no lit_lm
-    import."""
-    modules = bundled_modules()
+def bundle_source(tail: Path | None = None, roots: list[str] | None = None) -> str:
+    """The modules ``roots`` (default: the models') need in one file, then the file ``tail`` (e.g. the HuggingFace
+    wrapper), with no lit_lm import."""
+    modules = bundled_modules(roots)
     if tail is not None:
         modules.append(Module(tail.stem, tail, ast.parse(tail.read_text(), filename=str(tail))))
     defined_in: dict[str, str] = {}
