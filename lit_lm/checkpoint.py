@@ -146,10 +146,11 @@ def write_atomically(folder: str | Path, write: Callable[[Path], None], overwrit
 
 
 @contextmanager
-def errors_for_humans() -> Iterator[None]:
-    """For command lines: a ``CheckpointError`` ends the program with its one message and exit status 2."""
+def errors_for_humans(*also: type[Exception]) -> Iterator[None]:
+    """For the command lines that read our checkpoints: a ``CheckpointError`` (or an error of a type in ``also``)
+    ends the program with its one message, without a traceback, and exit status 2."""
     try:
         yield
-    except CheckpointError as error:
+    except (CheckpointError, *also) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -145,5 +145,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with errors_for_humans():
+    with errors_for_humans(FileNotFoundError):
         main(sys.argv[1:])

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from lit_lm.checkpoint import errors_for_humans
-from lit_lm.hf import ARCHITECTURES, export_checkpoint
+from lit_lm.hf import ARCHITECTURES, UnsupportedConfig, export_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,5 +31,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    with errors_for_humans():
+    with errors_for_humans(UnsupportedConfig, FileExistsError, FileNotFoundError):
         main(sys.argv[1:])

@@ -17,8 +17,7 @@ import lit_lm.models
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 
 ROOT_PACKAGE = "lit_lm.models"
-ROOT_FOLDER = Path(lit_lm.models.__file__).parent  # lit_lm/models
-SOURCE_ROOT = ROOT_FOLDER.parents[ROOT_PACKAGE.count(".")]  # the folder holding lit_lm
+SOURCE_ROOT = Path(lit_lm.models.__file__).parents[ROOT_PACKAGE.count(".") + 1]  # the folder holding lit_lm
 
 
 @dataclass
@@ -83,7 +82,11 @@ def imported_modules(module: Module) -> list[str]:
             raise RuntimeError(f"{module.path}:{node.lineno}: the models import {target}, outside {ROOT_PACKAGE}; "
                                f"a custom-code export carries {ROOT_PACKAGE} only.")
         is_package = _path(target).name == "__init__.py"
-        submodules = [f"{target}.{a.name}" for a in node.names if is_package and _path(f"{target}.{a.name}")]
+        submodules = [a.name for a in node.names if is_package and _path(f"{target}.{a.name}")]
+        if used := [n.id for n in ast.walk(module.tree) if isinstance(n, ast.Name) and n.id in submodules]:
+            raise RuntimeError(f"{module.path}:{node.lineno}: the module object {used[0]} is used, which one bundled "
+                               f"file cannot have; import the names it needs from {target}.{used[0]}.")
+        submodules = [f"{target}.{name}" for name in submodules]
         names += ([] if len(submodules) == len(node.names) else [target]) + submodules
     return names
 

@@ -84,9 +84,10 @@ def test_a_registry_package_brings_every_file_in_it_in_an_order_that_runs(tmp_pa
      "in a circle"),
     ({"a.py": "import lit_lm.models.b\n", "b.py": "B = 1\n"}, "module object"),
     ({"a.py": "from lit_lm.models.b import B as C\n", "b.py": "B = 1\n"}, "renames"),
+    ({"a.py": "from lit_lm.models import b\nA = b.B\n", "b.py": "B = 1\n"}, "module object b is used"),
     ({"a.py": "def f():\n    from lit_lm.models.b import B\n", "b.py": "B = 1\n"}, "inside a function"),
     ({"a.py": "from lit_lm.data import x\n"}, "outside lit_lm.models"),
-], ids=["cycle", "module-import", "alias", "nested", "outside"])
+], ids=["cycle", "module-import", "alias", "module-used", "nested", "outside"])
 def test_what_one_file_cannot_hold_is_a_clear_error(tmp_path, monkeypatch, files, message):
     write_tree(tmp_path, {"__init__.py": "", **files})
     monkeypatch.setattr(bundle, "SOURCE_ROOT", tmp_path)
