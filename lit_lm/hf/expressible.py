@@ -26,17 +26,15 @@ HF_ACTIVATIONS = tuple(ACTIVATION_TO_HF)
 ANY = "any value"  # a field the family expresses whatever it holds
 Allowed = tuple | str | Callable[[TransformerConfig], tuple]  # values, ANY, or the values as a function of the config
 
-# Sizes, and the training switches that leave the weights and the eval-mode logits alone: every family.
-SHAPE_AND_TRAINING = {name: ANY for name in (
+# Every family: sizes, training switches that leave the weights and the eval-mode logits alone, and the settings of
+# switches a family keeps off (rotary, mixture of experts, DeBERTa's relative positions and nGiE: DeBERTa's row says
+# its own), which change nothing while that switch is off. No built-in class computes the tricks of NO_EXTRAS.
+EVERY_FAMILY = {name: ANY for name in (
     "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings",
     "type_vocab_size", "norm_eps", "tie_embeddings", "sparse_prediction", "sparse_prediction_rate", "dropout",
-    "attention_dropout", "initializer_range", "pad_token_id")}
-# Settings of switches a family keeps off (rotary, mixture of experts, ...): they change nothing while it is off.
-SETTINGS_OF_OFF_SWITCHES = {name: ANY for name in ("rotary_base", "moe_top_k", "moe_capacity_factor",
-                                                   "moe_aux_loss_weight")}
-DEBERTA_SETTINGS = {name: ANY for name in ("relative_terms", "position_buckets", "max_relative_positions",
-                                           "share_att_key", "relative_embedding_norm", "conv_groups", "conv_act")}
-# No built-in class computes these tricks.
+    "attention_dropout", "initializer_range", "pad_token_id", "rotary_base", "moe_top_k", "moe_capacity_factor",
+    "moe_aux_loss_weight", "relative_terms", "position_buckets", "max_relative_positions", "share_att_key",
+    "relative_embedding_norm", "conv_groups", "conv_act")}
 NO_EXTRAS = {"talking_heads": (False,), "qkv_conv_kernel_size": (0,), "moe_experts": (0,), "output_softmaxes": (1,),
              "qkv_bias": (True,), "bias": (True,), "activation": HF_ACTIVATIONS}
 # BERT's block: post-LN LayerNorm, a normalised embedding sum, the MLM head transform.
@@ -45,23 +43,21 @@ BERT_BLOCK = {"norm": ("layernorm",), "norm_placement": ("post",), "embedding_no
 BERT_POSITIONS = {"position_embedding": ("learned",), "relative_positions": ("none",), "conv_kernel_size": (0,)}
 
 TABLE: dict[str, dict[str, Allowed]] = {
-    "bert": {**SHAPE_AND_TRAINING, **SETTINGS_OF_OFF_SWITCHES, **DEBERTA_SETTINGS, **NO_EXTRAS, **BERT_BLOCK,
-             **BERT_POSITIONS, "position_offset": (0,), "head_activation": lambda c: (c.activation,)},
-    "roberta": {**SHAPE_AND_TRAINING, **SETTINGS_OF_OFF_SWITCHES, **DEBERTA_SETTINGS, **NO_EXTRAS, **BERT_BLOCK,
-                **BERT_POSITIONS, "position_offset": lambda c: (c.pad_token_id + 1,), "head_activation": ("gelu",)},
+    "bert": {**EVERY_FAMILY, **NO_EXTRAS, **BERT_BLOCK, **BERT_POSITIONS, "position_offset": (0,),
+             "head_activation": lambda c: (c.activation,)},
+    "roberta": {**EVERY_FAMILY, **NO_EXTRAS, **BERT_BLOCK, **BERT_POSITIONS,
+                "position_offset": lambda c: (c.pad_token_id + 1,), "head_activation": ("gelu",)},
     "deberta-v2": {
-        **SHAPE_AND_TRAINING, **SETTINGS_OF_OFF_SWITCHES, **DEBERTA_SETTINGS, **NO_EXTRAS, **BERT_BLOCK,
-        "position_embedding": ("learned", "none"), "position_offset": (0,),
+        **EVERY_FAMILY, **NO_EXTRAS, **BERT_BLOCK, "position_embedding": ("learned", "none"), "position_offset": (0,),
         "relative_positions": ("none", "disentangled"),
         "relative_embedding_norm": lambda c: (False, True) if c.relative_positions == "disentangled" else (False,),
         "conv_kernel_size": ANY, "conv_act": HF_ACTIVATIONS, "head_activation": lambda c: (c.activation,),
     },
     "gpt2": {
-        **SHAPE_AND_TRAINING, **SETTINGS_OF_OFF_SWITCHES, **DEBERTA_SETTINGS, **NO_EXTRAS,
-        "position_embedding": ("learned",), "position_offset": (0,), "relative_positions": ("none",),
-        "conv_kernel_size": (0,), "head_position_embedding": (False,), "norm": ("layernorm",),
-        "norm_placement": ("pre",), "embedding_norm": (False,), "final_norm": (True,), "head_transform": (False,),
-        "head_activation": ANY,  # no head transform: its activation is unused
+        **EVERY_FAMILY, **NO_EXTRAS, "position_embedding": ("learned",), "position_offset": (0,),
+        "relative_positions": ("none",), "conv_kernel_size": (0,), "head_position_embedding": (False,),
+        "norm": ("layernorm",), "norm_placement": ("pre",), "embedding_norm": (False,), "final_norm": (True,),
+        "head_transform": (False,), "head_activation": ANY,  # no head transform: its activation is unused
     },
 }
 # What a field's trick is called, for the messages

@@ -85,7 +85,8 @@ def test_logits_match_huggingface_both_ways(model_class, config_class, name, set
 
 def test_attention_maps_match_huggingface():
     torch.manual_seed(0)
-    hf = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**SMALL, **DEBERTA_CONFIGS["v3-shared-buckets"]))
+    config = transformers.DebertaV2Config(**SMALL, **DEBERTA_CONFIGS["v3-shared-buckets"])
+    hf = transformers.DebertaV2ForMaskedLM(config)
     hf.eval()
     ids, mask = padded_batch(64, 0)
     with torch.no_grad():
