@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from lit_lm.checkpoint import errors_for_humans, load_causal_lm
 from lit_lm.data.tokenizer import SpecialTokens
 
 
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     ppl = commands.add_parser("perplexity", help="token perplexity and bits per byte on a text file")
-    ppl.add_argument("--checkpoint", required=True, help="a CausalLMModule checkpoint")
+    ppl.add_argument("--checkpoint", required=True, help="a CausalLMModule checkpoint, or a run folder (its newest "
+                                                          "last*.ckpt)")
     ppl.add_argument("--file", required=True, help="UTF-8 text, e.g. ../shared/data/wikitext-2/test.txt")
     ppl.add_argument("--tokenizer", help="the run's tokenizer, if the checkpoint lacks it")
     ppl.add_argument("--context-length", type=int, default=None, help="tokens per window (default: the model's)")
@@ -127,9 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ppl.add_argument("--batch-size", type=int, default=8, help="windows per forward")
     ppl.add_argument("--max-bytes", type=int, default=None, help="evaluate only the first bytes of the file")
     args = parser.parse_args(argv)
-    from lit_lm.generate import load_checkpoint
-
-    model, tokenizer = load_checkpoint(args.checkpoint, args.tokenizer)
+    model, tokenizer = load_causal_lm(args.checkpoint, args.tokenizer)
     started = time.perf_counter()
     result = perplexity(model, tokenizer, read_text(args.file, args.max_bytes), args.context_length, args.stride,
                         args.batch_size)
@@ -139,4 +139,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with errors_for_humans(FileNotFoundError):
+        main(sys.argv[1:])

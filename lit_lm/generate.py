@@ -2,8 +2,9 @@
 
 From Python::
 
-    from lit_lm.generate import load_checkpoint, generate_text
-    model, tokenizer = load_checkpoint("runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt")
+    from lit_lm.checkpoint import load_causal_lm
+    from lit_lm.generate import generate_text
+    model, tokenizer = load_causal_lm("runs/quickstart-decoder")  # a run folder, or its last.ckpt
     print(generate_text(model, tokenizer, "The list type", max_new_tokens=40, temperature=0.8, top_k=50))
 
 From the command line::
@@ -14,12 +15,12 @@ From the command line::
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer
+from lit_lm.checkpoint import errors_for_humans, load_causal_lm
+from lit_lm.data.tokenizer import SpecialTokens
 from lit_lm.models import DecoderForCausalLM
 
 
@@ -119,33 +120,12 @@ def generate_text(model: DecoderForCausalLM, tokenizer: Tokenizer, prompt: str, 
     return tokenizer.decode(out.tolist(), skip_special_tokens=True)
 
 
-def load_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> tuple[DecoderForCausalLM, Tokenizer]:
-    """The decoder inside a ``CausalLMModule`` checkpoint, in eval mode, and its tokenizer: the one stored in the
-    checkpoint, or ``tokenizer`` (a tokenizer.json or a folder holding one, e.g. the run's data store)."""
-    from lit_lm.hf import load_checkpoint_file, model_from_checkpoint  # (transformers is not needed for this)
-
-    checkpoint = load_checkpoint_file(path)
-    model = model_from_checkpoint(checkpoint, path)
-    if not isinstance(model, DecoderForCausalLM):
-        raise ValueError(f"{path} is not a causal-LM (CausalLMModule) checkpoint.")
-    if tokenizer is not None:
-        loaded = load_tokenizer(tokenizer)
-    elif "tokenizer" in checkpoint:
-        loaded = Tokenizer.from_str(checkpoint["tokenizer"])
-    else:
-        raise ValueError(f"{path} holds no tokenizer; pass --tokenizer (the run's data store folder, printed as "
-                         f"'data: built/reusing <folder>' when training starts).")
-    if loaded.get_vocab_size(with_added_tokens=True) > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {loaded.get_vocab_size(with_added_tokens=True)} tokens but the model "
-                         f"{model.config.vocab_size}; pass the tokenizer the run was trained with.")
-    return model, loaded
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_lm.generate",
                                      description="Continue a prompt with a trained causal-LM checkpoint.")
     parser.add_argument("--checkpoint", required=True,
-                        help="a CausalLMModule checkpoint, e.g. runs/x/logs/version_0/checkpoints/last.ckpt")
+                        help="a CausalLMModule checkpoint, e.g. runs/x/logs/version_0/checkpoints/last.ckpt, or a "
+                             "run folder (its newest last*.ckpt)")
     parser.add_argument("--prompt", default="", help="the text to continue ('' starts a new document)")
     parser.add_argument("--tokenizer", help="the run's tokenizer, if the checkpoint lacks it")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step")
     args = parser.parse_args(argv)
-    model, tokenizer = load_checkpoint(args.checkpoint, args.tokenizer)
+    model, tokenizer = load_causal_lm(args.checkpoint, args.tokenizer)
     generator = torch.Generator().manual_seed(args.seed)
     for i in range(args.num_samples):
         text = generate_text(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
@@ -165,4 +145,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with errors_for_humans(FileNotFoundError):
+        main(sys.argv[1:])

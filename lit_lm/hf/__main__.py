@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from lit_lm.hf import ARCHITECTURES, export_checkpoint
+from lit_lm.checkpoint import errors_for_humans
+from lit_lm.hf import ARCHITECTURES, UnsupportedConfig, export_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,8 +13,9 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a lit-lm checkpoint as a folder AutoModelForMaskedLM (encoders) or AutoModelForCausalLM "
                        "(decoders) and AutoTokenizer load")
-    export.add_argument("checkpoint", help="a Lightning checkpoint of a lit-lm run, "
-                                           "e.g. runs/x/logs/version_0/checkpoints/last.ckpt")
+    export.add_argument("checkpoint", help="a Lightning checkpoint of a lit-lm run, e.g. "
+                                           "runs/x/logs/version_0/checkpoints/last.ckpt, or a run folder (its newest "
+                                           "last*.ckpt)")
     export.add_argument("folder", help="the folder to write")
     export.add_argument("--tokenizer", default=None,
                         help="the tokenizer the run used: its data store folder (printed as 'data: built/reusing "
@@ -29,4 +31,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with errors_for_humans(UnsupportedConfig, FileExistsError, FileNotFoundError):
+        main(sys.argv[1:])

@@ -1,64 +1,15 @@
 """BERT, RoBERTa and DeBERTa-v2 in HuggingFace transformers: their configs and weight names, against ours.
 
-Each family says which of our configs it represents exactly (``unsupported``), how the configs translate both
-ways, and where each of our weights lives in its state dict (``weight_names``). Nothing here imports transformers.
+Each family says how the configs translate both ways and where each of our weights lives in its state dict
+(``weight_names``); which of our configs it represents exactly is ``expressible.TABLE``'s. Nothing here imports
+transformers.
 """
 
 from dataclasses import dataclass
 from typing import Callable
 
+from lit_lm.hf.expressible import ACTIVATION_TO_HF, UnsupportedConfig, activation_from_hf, not_expressible
 from lit_lm.models.config import TransformerConfig
-
-# our activation -> HuggingFace's ACT2FN name, and back (gelu_new is the tanh formula written out)
-ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "squared_relu": "relu2",
-                    "silu": "silu", "tanh": "tanh"}
-ACTIVATION_FROM_HF = {**{v: k for k, v in ACTIVATION_TO_HF.items()}, "gelu_new": "gelu_tanh", "swish": "silu"}
-
-
-class UnsupportedConfig(ValueError):
-    """A HuggingFace model (or a lit-lm config) that the other side cannot represent exactly."""
-
-
-def activation_from_hf(name) -> str:
-    if not isinstance(name, str) or name not in ACTIVATION_FROM_HF:
-        raise UnsupportedConfig(f"hidden_act {name!r} has no lit-lm equivalent; known: {sorted(ACTIVATION_FROM_HF)}.")
-    return ACTIVATION_FROM_HF[name]
-
-
-def _common_unsupported(config: TransformerConfig) -> list[str]:
-    """What none of BERT, RoBERTa and DeBERTa-v2 can represent."""
-    problems = []
-    checks = [
-        (config.relative_positions in ("none", "disentangled"), f"relative_positions: {config.relative_positions}"),
-        (config.norm == "layernorm", "norm: rmsnorm"),
-        (config.norm_placement == "post", "norm_placement: pre"),
-        (config.embedding_norm, "embedding_norm: false"),
-        (not config.final_norm, "final_norm: true"),
-        (config.qkv_bias and config.bias, "no biases (qkv_bias/bias: false)"),
-        (config.activation in ACTIVATION_TO_HF, f"activation: {config.activation}"),
-        (config.head_transform, "head_transform: false"),
-        (not config.talking_heads, "talking_heads"),
-        (not config.qkv_conv_kernel_size, "qkv_conv_kernel_size (Primer)"),
-        (not config.moe_experts, "moe_experts (mixture of experts)"),
-        (config.output_softmaxes == 1, "output_softmaxes (mixture of softmaxes)"),
-        (not config.head_position_embedding, "head_position_embedding"),
-    ]
-    return problems + [what for ok, what in checks if not ok]
-
-
-def _bert_like_unsupported(config: TransformerConfig, offset: int, head_activation: str | None) -> list[str]:
-    problems = _common_unsupported(config)
-    if config.relative_positions != "none" or config.conv_kernel_size:
-        problems.append("relative positions / nGiE (DeBERTa only)")
-    if config.position_embedding != "learned":
-        problems.append("position_embedding: none")
-    if config.position_offset != offset:
-        problems.append(f"position_offset {config.position_offset} (needs {offset})")
-    wanted = head_activation or config.activation
-    if config.head_activation != wanted:
-        problems.append(f"head_activation {config.head_activation} (needs {wanted})")
-    return problems
-
 
 def _shared_hf_kwargs(config: TransformerConfig) -> dict:
     return dict(
@@ -134,19 +85,27 @@ def _head_names(head: str, decoder: str, bias: str, transform_norm: str = "Layer
 
 @dataclass(frozen=True)
 class Family:
-    name: str
+    name: str  # its row in expressible.TABLE
     hf_class: str  # the transformers class, e.g. "BertForMaskedLM"
-    unsupported: Callable[[TransformerConfig], list[str]]
     config_to_hf: Callable[[TransformerConfig], dict]  # kwargs of the transformers config class
     config_from_hf: Callable[[object], TransformerConfig]
     weight_names: Callable[[TransformerConfig, object], dict[str, list[str]]]  # ours -> HF names (concatenated)
 
+    def unsupported(self, config: TransformerConfig) -> list[str]:
+        """What this family cannot express of ``config`` (empty: it represents it exactly)."""
+        return not_expressible(self.name, config)
+
+
+def _body_names(config: TransformerConfig, prefix: str, deberta: bool = False) -> dict[str, list[str]]:
+    names = _embedding_names(config, prefix)
+    for i in range(config.num_layers):
+        names.update(_layer_names(config, prefix, i, deberta))
+    return names
+
 
 # ---- BERT ----
 def _bert_names(config: TransformerConfig, hf_config) -> dict[str, list[str]]:
-    names = _embedding_names(config, "bert.")
-    for i in range(config.num_layers):
-        names.update(_layer_names(config, "bert.", i, deberta=False))
+    names = _body_names(config, "bert.")
     names.update(_head_names("cls.predictions.transform.", "cls.predictions.decoder.weight",
                              "cls.predictions.decoder.bias"))
     return names
@@ -154,7 +113,6 @@ def _bert_names(config: TransformerConfig, hf_config) -> dict[str, list[str]]:
 
 BERT = Family(
     "bert", "BertForMaskedLM",
-    unsupported=lambda c: _bert_like_unsupported(c, offset=0, head_activation=None),
     config_to_hf=lambda c: dict(_shared_hf_kwargs(c), type_vocab_size=max(1, c.type_vocab_size)),
     config_from_hf=lambda hf: TransformerConfig(**_shared_from_hf(hf)),
     weight_names=_bert_names,
@@ -163,9 +121,7 @@ BERT = Family(
 
 # ---- RoBERTa: BERT with positions past the padding index, a GELU head and its own names ----
 def _roberta_names(config: TransformerConfig, hf_config) -> dict[str, list[str]]:
-    names = _embedding_names(config, "roberta.")
-    for i in range(config.num_layers):
-        names.update(_layer_names(config, "roberta.", i, deberta=False))
+    names = _body_names(config, "roberta.")
     names.update(_head_names("lm_head.", "lm_head.decoder.weight", "lm_head.decoder.bias", transform_norm="layer_norm"))
     return names
 
@@ -177,7 +133,6 @@ def _roberta_from_hf(hf) -> TransformerConfig:
 
 ROBERTA = Family(
     "roberta", "RobertaForMaskedLM",
-    unsupported=lambda c: _bert_like_unsupported(c, offset=c.pad_token_id + 1, head_activation="gelu"),
     config_to_hf=lambda c: dict(_shared_hf_kwargs(c), type_vocab_size=max(1, c.type_vocab_size)),
     config_from_hf=_roberta_from_hf,
     weight_names=_roberta_names,
@@ -185,17 +140,6 @@ ROBERTA = Family(
 
 
 # ---- DeBERTa-v2 / v3 ----
-def _deberta_unsupported(config: TransformerConfig) -> list[str]:
-    problems = _common_unsupported(config)
-    if config.position_offset:
-        problems.append("position_offset")
-    if config.head_activation != config.activation:
-        problems.append(f"head_activation {config.head_activation} (needs {config.activation})")
-    if config.relative_embedding_norm and config.relative_positions == "none":
-        problems.append("relative_embedding_norm without relative positions")
-    return problems
-
-
 def _deberta_to_hf(config: TransformerConfig) -> dict:
     relative = config.relative_positions == "disentangled"
     kwargs = dict(
@@ -207,14 +151,15 @@ def _deberta_to_hf(config: TransformerConfig) -> dict:
         conv_kernel_size=config.conv_kernel_size, legacy=True,
     )
     if config.conv_kernel_size:
-        kwargs.update(conv_groups=config.conv_groups, conv_act=config.conv_act)
+        kwargs.update(conv_groups=config.conv_groups, conv_act=ACTIVATION_TO_HF[config.conv_act])
     return kwargs
 
 
 def _deberta_from_hf(hf) -> TransformerConfig:
     if getattr(hf, "embedding_size", hf.hidden_size) != hf.hidden_size:
         raise UnsupportedConfig("DeBERTa with embedding_size != hidden_size (a factorised embedding) is not supported.")
-    if getattr(hf, "attention_head_size", hf.hidden_size // hf.num_attention_heads) * hf.num_attention_heads != hf.hidden_size:
+    head_size = getattr(hf, "attention_head_size", hf.hidden_size // hf.num_attention_heads)
+    if head_size * hf.num_attention_heads != hf.hidden_size:
         raise UnsupportedConfig("DeBERTa with attention_head_size * heads != hidden_size is not supported.")
     terms = [t for t in (hf.pos_att_type or []) if t in ("c2p", "p2c")]
     relative = bool(getattr(hf, "relative_attention", False)) and bool(terms)
@@ -236,9 +181,7 @@ def _deberta_from_hf(hf) -> TransformerConfig:
 
 
 def _deberta_names(config: TransformerConfig, hf_config) -> dict[str, list[str]]:
-    names = _embedding_names(config, "deberta.")
-    for i in range(config.num_layers):
-        names.update(_layer_names(config, "deberta.", i, deberta=True))
+    names = _body_names(config, "deberta.", deberta=True)
     if config.relative_positions == "disentangled":
         names["encoder.relative_positions.table.weight"] = ["deberta.encoder.rel_embeddings.weight"]
         if config.relative_embedding_norm:
@@ -259,7 +202,6 @@ def _deberta_names(config: TransformerConfig, hf_config) -> dict[str, list[str]]
 
 DEBERTA_V2 = Family(
     "deberta-v2", "DebertaV2ForMaskedLM",
-    unsupported=_deberta_unsupported,
     config_to_hf=_deberta_to_hf,
     config_from_hf=_deberta_from_hf,
     weight_names=_deberta_names,
@@ -270,11 +212,6 @@ FAMILY_BY_HF_CLASS = {f.hf_class: f for f in FAMILIES.values()}
 
 
 def family_for(config: TransformerConfig) -> Family | None:
-    """The built-in HuggingFace family that represents ``config`` exactly, or None (then: custom code)."""
-    if config.relative_positions != "none" or config.conv_kernel_size or config.position_embedding == "none":
-        candidates = [DEBERTA_V2]
-    elif config.position_offset:
-        candidates = [ROBERTA]
-    else:
-        candidates = [BERT]
-    return next((f for f in candidates if not f.unsupported(config)), None)
+    """The built-in HuggingFace family that represents ``config`` exactly (the first of BERT, RoBERTa, DeBERTa-v2
+    that does), or None (then: custom code)."""
+    return next((family for family in FAMILIES.values() if not family.unsupported(config)), None)

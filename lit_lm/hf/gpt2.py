@@ -4,31 +4,15 @@ GPT-2 keeps its linear layers as ``Conv1D`` (weight ``[in, out]``, the transpose
 are transposed on the way. Nothing here imports transformers.
 """
 
-from lit_lm.hf.families import ACTIVATION_TO_HF, UnsupportedConfig, activation_from_hf
+from lit_lm.hf.expressible import ACTIVATION_TO_HF, UnsupportedConfig, activation_from_hf, not_expressible
 from lit_lm.models.config import TransformerConfig
 
 HF_CLASS = "GPT2LMHeadModel"
 
 
 def unsupported(config: TransformerConfig) -> list[str]:
-    """What GPT-2 cannot represent of a decoder config (empty: it represents it exactly)."""
-    checks = [
-        (config.position_embedding == "learned" and not config.position_offset, "positions other than a learned "
-                                                                                 "table from 0"),
-        (config.relative_positions == "none", f"relative_positions: {config.relative_positions}"),
-        (config.norm == "layernorm", "norm: rmsnorm"),
-        (config.norm_placement == "pre", "norm_placement: post"),
-        (not config.embedding_norm, "embedding_norm: true"),
-        (config.final_norm, "final_norm: false"),
-        (config.qkv_bias and config.bias, "no biases (qkv_bias/bias: false)"),
-        (config.activation in ACTIVATION_TO_HF, f"activation: {config.activation}"),
-        (not config.head_transform, "head_transform: true"),
-        (not config.talking_heads, "talking_heads"),
-        (not config.qkv_conv_kernel_size, "qkv_conv_kernel_size (Primer)"),
-        (not config.moe_experts, "moe_experts (mixture of experts)"),
-        (config.output_softmaxes == 1, "output_softmaxes (mixture of softmaxes)"),
-    ]
-    return [what for ok, what in checks if not ok]
+    """What GPT-2 cannot represent of a decoder config (empty: it represents it exactly); see expressible.TABLE."""
+    return not_expressible("gpt2", config)
 
 
 def config_to_hf(config: TransformerConfig) -> dict:

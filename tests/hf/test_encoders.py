@@ -35,8 +35,9 @@ DEBERTA_CONFIGS = {  # both share_att_key values, c2p only, p2c only, buckets on
     "separate-c2p-only-no-buckets": dict(DEBERTA, share_att_key=False, pos_att_type="c2p", max_relative_positions=12),
     "separate-p2c-only-buckets-ngie": dict(DEBERTA, share_att_key=False, pos_att_type="p2c", position_buckets=6,
                                            conv_kernel_size=3, conv_act="gelu"),
-    "shared-both-no-buckets-ngie-groups": dict(DEBERTA, share_att_key=True, pos_att_type="c2p|p2c",
-                                               conv_kernel_size=3, conv_groups=4, norm_rel_ebd="layer_norm"),
+    "shared-both-no-buckets-ngie-groups-gelu-new": dict(DEBERTA, share_att_key=True, pos_att_type="c2p|p2c",
+                                                        conv_kernel_size=3, conv_groups=4, conv_act="gelu_new",
+                                                        norm_rel_ebd="layer_norm"),
     "v2-absolute-and-relative-token-types": dict(relative_attention=True, position_biased_input=True,
                                                  type_vocab_size=2, pos_att_type="c2p|p2c", share_att_key=False,
                                                  position_buckets=10, max_relative_positions=30),
@@ -85,7 +86,8 @@ def test_logits_match_huggingface_both_ways(model_class, config_class, name, set
 
 def test_attention_maps_match_huggingface():
     torch.manual_seed(0)
-    hf = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(**SMALL, **DEBERTA_CONFIGS["v3-shared-buckets"]))
+    config = transformers.DebertaV2Config(**SMALL, **DEBERTA_CONFIGS["v3-shared-buckets"])
+    hf = transformers.DebertaV2ForMaskedLM(config)
     hf.eval()
     ids, mask = padded_batch(64, 0)
     with torch.no_grad():
@@ -126,10 +128,10 @@ def test_configs_without_a_builtin_class_are_named_and_refused_for_that_class():
 
 
 def test_to_hf_refuses_a_builtin_class_that_would_compute_something_else(monkeypatch):
-    import lit_lm.hf as hf_module
+    import lit_lm.hf.convert as convert
     from lit_lm.hf.families import FAMILIES
 
-    monkeypatch.setattr(hf_module, "_resolve_family", lambda config, architecture: FAMILIES["bert"])
+    monkeypatch.setattr(convert, "_resolve_family", lambda config, architecture: FAMILIES["bert"])
     with pytest.raises(UnsupportedConfig, match="does not reproduce"):  # pre-LN has the same weights as post-LN
         to_hf(EncoderForMaskedLM(lit_config(norm_placement="pre")))
     with pytest.raises(UnsupportedConfig, match="no place for.*talking_heads"):
