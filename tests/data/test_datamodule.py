@@ -8,7 +8,7 @@ import torch
 
 from lit_lm.data import (CleaningConfig, CorpusError, DedupConfig, PretrainingDataModule, SourceConfig,
                          TokenizerConfig)
-from lit_lm.data import pipeline
+from lit_lm.data import documents, pipeline
 from lit_lm.data.pipeline import validation_mask
 from lit_lm.models import TransformerConfig
 from lit_lm.modules import MaskedLMModule
@@ -57,7 +57,7 @@ def test_changing_a_setting_builds_a_new_store(corpus, tmp_path, change):
 
 
 def test_process_count_does_not_change_the_store(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2000)  # many chunks, so both workers get some
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 2000)  # many chunks, so both workers get some
     # one given tokenizer for both: `tokenizers` may break ties between equally frequent merges differently per run
     given = TokenizerConfig(path=str(make(corpus, tmp_path).store_dir / "tokenizer.json"))
     one = make(corpus, tmp_path, num_proc=1, cache_dir=str(tmp_path / "one"), tokenizer=given)
