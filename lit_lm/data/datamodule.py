@@ -67,9 +67,7 @@ class PretrainingDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or num_workers < 0 or (num_proc is not None and num_proc < 1):
             raise ValueError("data.batch_size and data.num_proc must be >= 1 and data.num_workers >= 0.")
-        # what shapes the store: checked, and the corpus's paths resolved, once, here
-        self.recipe = Recipe.plan(paths, sources, split, cleaning, dedup, tokenizer, seq_length, val_fraction, seed,
-                                  cross_documents)
+        Recipe.check(split, seq_length, val_fraction, paths)  # at once; the corpus is looked at on first use
         self.paths, self.sources, self.split = paths, sources, split
         self.cleaning, self.dedup, self.tokenizer_config = cleaning, dedup, tokenizer
         self.seq_length, self.cross_documents, self.val_fraction = seq_length, cross_documents, val_fraction
@@ -115,6 +113,13 @@ class PretrainingDataModule(L.LightningDataModule):
         return self.special_tokens.ids
 
     # ---- the store: planned, keyed and built by the recipe ----
+    @cached_property
+    def recipe(self) -> Recipe:
+        """What shapes the store, the corpus's paths resolved once (on first use: a bad path then stops the run with
+        one clear line, not inside the CLI's instantiation)."""
+        return Recipe.plan(self.paths, self.sources, self.split, self.cleaning, self.dedup, self.tokenizer_config,
+                           self.seq_length, self.val_fraction, self.seed, self.cross_documents)
+
     @cached_property
     def store_dir(self) -> Path:
         """The recipe's cached store, built on first use (see Recipe.build); its data card goes to ``card``."""

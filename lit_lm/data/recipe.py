@@ -41,12 +41,19 @@ class Recipe:
     cross_documents: bool
 
     def __post_init__(self) -> None:
-        if self.seq_length < 8:
-            raise ValueError(f"data.seq_length must be at least 8, got {self.seq_length}.")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}.")
-        if self.split not in ("file", "paragraph", "line"):
-            raise ValueError(f"data.split must be 'file', 'paragraph' or 'line', got {self.split!r}.")
+        self.check(self.split, self.seq_length, self.val_fraction)
+
+    @staticmethod
+    def check(split: str, seq_length: int, val_fraction: float, paths: list[str] | None = None) -> None:
+        """Refuse settings no store can have, naming the setting (before any file is looked at)."""
+        if seq_length < 8:
+            raise ValueError(f"data.seq_length must be at least 8, got {seq_length}.")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
+        if split not in ("file", "paragraph", "line"):
+            raise ValueError(f"data.split must be 'file', 'paragraph' or 'line', got {split!r}.")
+        if paths is not None and len(paths) == 0:
+            raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default corpus.")
 
     @classmethod
     def plan(cls, paths: list[str] | None = None, sources: list[SourceConfig] | None = None,
@@ -56,8 +63,7 @@ class Recipe:
              cross_documents: bool = True) -> "Recipe":
         """The recipe of PretrainingDataModule's settings of the same names: `paths` (one source, first) and
         `sources` are resolved here, once, into the `Source` values the key and the build read."""
-        if paths is not None and len(paths) == 0:
-            raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default corpus.")
+        cls.check(split, seq_length, val_fraction, paths)
         configs = ([SourceConfig(paths=list(paths))] if paths is not None else []) + list(sources or [])
         return cls([Source.resolve(config) for config in configs] or None, split, cleaning, dedup, tokenizer,
                    seq_length, val_fraction, seed, cross_documents)
