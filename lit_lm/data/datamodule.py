@@ -1,4 +1,6 @@
-"""The pretraining DataModule: a corpus (or the embedded default) -> a cached token store -> one exact pass."""
+"""The pretraining DataModule, a thin Lightning adapter: its settings become a `Recipe` (lit_lm.data.recipe), which
+plans, keys and builds (or reuses) the cached token store; this module streams that store for one exact pass per
+epoch, resumably, and tells the model what the tokenizer decided (vocab size, special tokens)."""
 
 import json
 import os

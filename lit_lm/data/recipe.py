@@ -53,7 +53,8 @@ class Recipe:
         if split not in ("file", "paragraph", "line"):
             raise ValueError(f"data.split must be 'file', 'paragraph' or 'line', got {split!r}.")
         if paths is not None and len(paths) == 0:
-            raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default corpus.")
+            raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default "
+                              "corpus.")
 
     @classmethod
     def plan(cls, paths: list[str] | None = None, sources: list[SourceConfig] | None = None,

@@ -213,7 +213,8 @@ def read_arrow_dataset(path: Path, text_field: str, split: str) -> Iterator[Bloc
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         if split not in splits:
-            raise CorpusError(f"data: the saved dataset {str(path)!r} has splits {splits}, not {split!r}; set hf_split.")
+            raise CorpusError(f"data: the saved dataset {str(path)!r} has splits {splits}, not {split!r}; "
+                              "set hf_split.")
         path = path / split
     state = json.loads((path / "state.json").read_text())
     for entry in state["_data_files"]:

@@ -37,7 +37,7 @@ def test_store_builds_once_and_is_reused(corpus, tmp_path):
     assert card["sequences"] == card["train_sequences"] + card["val_sequences"] > 0
     assert {"exact_duplicates", "near_duplicates", "seconds"} <= card.keys()
     second = make(corpus, tmp_path)
-    assert second.store_dir == first.store_dir
+    assert second.store_dir == first.store_dir == tmp_path / "cache" / "stores" / first.recipe.key
     assert second.card["cache_hit"] is True and second.card["tokens"] == card["tokens"]
     assert second.vocab_size == first.vocab_size <= 300
     assert second.special_token_ids == [0, 1, 2, 3, 4] and second.mask_token_id == 4 and second.pad_token_id == 0

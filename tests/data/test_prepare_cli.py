@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 CRAMMED_GPT = str(ROOT / "configs" / "recipes" / "crammed-gpt.yaml")
-CARD_KEYS = {"docs_in", "docs_out", "exact_duplicates", "near_duplicates", "tokens", "sequences", "seconds", "cache_hit"}
+CARD_KEYS = {"docs_in", "docs_out", "exact_duplicates", "near_duplicates", "tokens", "sequences", "seconds",
+             "cache_hit"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The recipe owns the store's settings and cache key: an unchanged recipe keeps the key it had, so caches are reused."""
+"""The recipe owns the store's settings and cache key: an unchanged recipe keeps the key it had, so caches are
+reused."""
 
 import os
 
