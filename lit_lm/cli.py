@@ -1,6 +1,7 @@
 """The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving and wandb
 fallback."""
 
+import json
 import logging
 import os
 import sys
@@ -132,6 +133,17 @@ class Trainer(L.Trainer):
             check_resume(ckpt_path, model, datamodule)
         return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
+    def prepare(self, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
+        """Build (or reuse) the data's cached store and print its data card as one JSON line, the last printed.
+
+        Nothing is trained and the model is left untouched: no run folder, log or checkpoint is written, only the
+        data's cache. ``python train.py prepare --config <recipe>`` parses exactly as ``fit`` does.
+        """
+        datamodule.prepare_data()
+        card = getattr(datamodule, "card", {})
+        print(json.dumps(card), flush=True)
+        return card
+
 
 def resolve_auto_precision(accelerator: object, matmul: tuple[int, int, int] = (1024, 256, 1024)) -> str:
     precision, reason = auto_precision(accelerator, matmul)
@@ -179,6 +191,11 @@ class LitLMCLI(LightningCLI):
                 "Upload later with `wandb sync wandb/offline-run-*`."
             )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands, plus ``prepare``: build the data's store (Trainer.prepare) with fit's parser."""
+        return {**LightningCLI.subcommands(), "prepare": {"model", "datamodule"}}
+
 
 # Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
 USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError)
@@ -188,10 +205,10 @@ def main(args: list[str] | None = None) -> LitLMCLI:
     return LitLMCLI(args=args)
 
 
-def run() -> None:
+def run(args: list[str] | None = None) -> None:
     """``python train.py``: ``main`` with a user's mistakes printed as one clear line and exit status 2."""
     try:
-        main()
+        main(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -2,9 +2,10 @@
 
 from lit_lm.data.datamodule import PretrainingDataModule
 from lit_lm.data.dedup import DedupConfig
+from lit_lm.data.recipe import Recipe
 from lit_lm.data.sources import CorpusError, SourceConfig
 from lit_lm.data.text import CleaningConfig
 from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, TokenizerError
 
-__all__ = ["PretrainingDataModule", "SourceConfig", "CleaningConfig", "DedupConfig", "TokenizerConfig",
+__all__ = ["PretrainingDataModule", "Recipe", "SourceConfig", "CleaningConfig", "DedupConfig", "TokenizerConfig",
            "CorpusError", "SpecialTokens", "TokenizerError"]

@@ -1,48 +1,29 @@
 """``python -m lit_lm.data prepare --config <recipe>``: build (or reuse) a recipe's cached store, print its data card.
 
-Only the recipe's ``data:`` section is read; ``--data.*`` overrides work as in ``train.py``, e.g.
+The same command as ``python train.py prepare``, parsed by train.py's own parser: every ``--config`` (several too) and
+``--data.*`` override that ``fit`` takes works here, e.g.
 ``python -m lit_lm.data prepare --config configs/quickstart.yaml --data.paths '[my_corpus/]'``.
-The last line printed is the data card as one JSON object.
+The last line printed is the data card as one JSON object. Nothing is trained; no run folder is written.
 """
 
-import json
 import sys
 
-import lightning as L
-import yaml
-from jsonargparse import ArgumentParser, set_parsing_settings
+from lit_lm.cli import main as cli_main
+from lit_lm.cli import run
 
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
-
-def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m lit_lm.data prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="A recipe YAML (its data: section is used).")
-    p.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    return p
+USAGE = "usage: python -m lit_lm.data prepare --config <recipe.yaml> [--data.* overrides]"
 
 
 def prepare(args: list[str]) -> dict:
-    p = parser()
-    config_path = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"), None)
-    recipe = {}
-    if config_path is not None:
-        with open(config_path) as f:
-            recipe = yaml.safe_load(f) or {}
-    if "data" not in recipe:
-        p.error(f"{config_path} has no data: section.")
-    cfg = p.parse_args(["--data", json.dumps(recipe["data"]), *args])
-    datamodule = p.instantiate_classes(cfg).data
-    datamodule.prepare_data()
-    return datamodule.card
+    """Run ``train.py prepare`` with ``args``; return the data card it printed."""
+    return cli_main(["prepare", *args]).datamodule.card
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "prepare":
-        sys.exit("usage: python -m lit_lm.data prepare --config <recipe.yaml> [--data.* overrides]")
-    card = prepare(argv[1:])
-    print(json.dumps(card), flush=True)
+        sys.exit(USAGE)
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""The pretraining DataModule: a corpus (or the embedded default) -> a cached token store -> one exact pass."""
+"""The pretraining DataModule, a thin Lightning adapter: its settings become a `Recipe` (lit_lm.data.recipe), which
+plans, keys and builds (or reuses) the cached token store; this module streams that store for one exact pass per
+epoch, resumably, and tells the model what the tokenizer decided (vocab size, special tokens)."""
 
 import json
 import os
-import time
-from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
@@ -12,18 +12,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from lit_lm.data import default_corpus
-from lit_lm.data.cache import atomic_directory, build_lock, cache_key, default_cache_dir
-from lit_lm.data.dedup import DedupConfig
-from lit_lm.data.pipeline import Recipe, build_store
-from lit_lm.data.sources import CorpusError, SourceConfig, fingerprint, resolve_paths
+from lit_lm.data.cache import default_cache_dir
+from lit_lm.data.recipe import (CleaningConfig, CorpusError, DedupConfig, DocumentSplit, Recipe, SourceConfig,
+                                TokenizerConfig)
 from lit_lm.data.store import TokenStore
 from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows
-from lit_lm.data.text import CleaningConfig, DocumentSplit
-from lit_lm.data.tokenizer import SpecialTokens, TokenizerConfig, load_tokenizer
+from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer
 from lit_lm.runs import ResumeError, differences
-
-STORE_VERSION = 2  # bump when the store layout, cleaning or packing changes, so caches rebuild
 
 
 class PretrainingDataModule(L.LightningDataModule):
@@ -72,16 +67,9 @@ class PretrainingDataModule(L.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        if seq_length < 8:
-            raise ValueError(f"data.seq_length must be at least 8, got {seq_length}.")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
         if batch_size < 1 or num_workers < 0 or (num_proc is not None and num_proc < 1):
             raise ValueError("data.batch_size and data.num_proc must be >= 1 and data.num_workers >= 0.")
-        if split not in ("file", "paragraph", "line"):
-            raise ValueError(f"data.split must be 'file', 'paragraph' or 'line', got {split!r}.")
-        if paths is not None and len(paths) == 0:
-            raise CorpusError("data.paths is an empty list; give files, folders or globs, or null for the default corpus.")
+        Recipe.check(split, seq_length, val_fraction, paths)  # at once; the corpus is looked at on first use
         self.paths, self.sources, self.split = paths, sources, split
         self.cleaning, self.dedup, self.tokenizer_config = cleaning, dedup, tokenizer
         self.seq_length, self.cross_documents, self.val_fraction = seq_length, cross_documents, val_fraction
@@ -126,54 +114,21 @@ class PretrainingDataModule(L.LightningDataModule):
     def special_token_ids(self) -> list[int]:
         return self.special_tokens.ids
 
-    # ---- building the store ----
+    # ---- the store: planned, keyed and built by the recipe ----
+    @cached_property
     def recipe(self) -> Recipe:
-        specs = list(self.sources or [])
-        if self.paths is not None:
-            specs.insert(0, SourceConfig(paths=list(self.paths)))
-        sources = [(s, resolve_paths(s.paths) if s.paths else []) for s in specs] or None
-        return Recipe(sources, self.split, self.cleaning, self.dedup, self.tokenizer_config, self.seq_length,
-                      self.val_fraction, self.seed, self.cross_documents)
-
-    @staticmethod
-    def settings(recipe: Recipe) -> dict:
-        """Everything that shaped the store: its cache key is a hash of this."""
-        corpus = (default_corpus.fingerprint() if recipe.sources is None else
-                  [fingerprint(s, files) for s, files in recipe.sources])
-        tokenizer = asdict(recipe.tokenizer)
-        if recipe.tokenizer.path:  # a given tokenizer: its content matters, not only its path
-            file = Path(recipe.tokenizer.path).expanduser()
-            file = file / "tokenizer.json" if file.is_dir() else file
-            tokenizer["content"] = file.stat().st_mtime_ns if file.is_file() else None
-        return {"version": STORE_VERSION, "corpus": corpus, "split": recipe.split, "cleaning": asdict(recipe.cleaning),
-                "dedup": asdict(recipe.dedup), "tokenizer": tokenizer, "seq_length": recipe.seq_length,
-                "val_fraction": recipe.val_fraction, "seed": recipe.seed, "cross_documents": recipe.cross_documents}
-
-    @cached_property
-    def planned_recipe(self) -> Recipe:
-        return self.recipe()
-
-    @cached_property
-    def store_settings(self) -> dict:
-        """``settings`` of this module's recipe: what the store's cache key is a hash of."""
-        return self.settings(self.planned_recipe)
+        """What shapes the store, the corpus's paths resolved once (on first use: a bad path then stops the run with
+        one clear line, not inside the CLI's instantiation)."""
+        return Recipe.plan(self.paths, self.sources, self.split, self.cleaning, self.dedup, self.tokenizer_config,
+                           self.seq_length, self.val_fraction, self.seed, self.cross_documents)
 
     @cached_property
     def store_dir(self) -> Path:
-        """The cached store for these settings, built on first use (under a lock, atomically)."""
-        start = time.perf_counter()
-        recipe = self.planned_recipe
-        final = self.cache_dir / "stores" / cache_key(self.store_settings)
-        with build_lock(final):
-            if (final / "card.json").is_file():
-                card, hit = json.loads((final / "card.json").read_text()), True
-            else:
-                with atomic_directory(final) as tmp:
-                    card, hit = build_store(recipe, tmp, self.num_proc, self.progress), False
-        self.card = {**card, "cache_hit": hit, "seconds": round(time.perf_counter() - start, 3), "store": str(final)}
-        rank_zero_info(f"data: {'reusing' if hit else 'built'} {final}")
+        """The recipe's cached store, built on first use (see Recipe.build); its data card goes to ``card``."""
+        store, self.card = self.recipe.build(self.cache_dir, self.num_proc, self.progress)
+        rank_zero_info(f"data: {'reusing' if self.card['cache_hit'] else 'built'} {store}")
         rank_zero_info(f"data card: {json.dumps(self.card)}")
-        return final
+        return store
 
     def prepare_data(self) -> None:
         _ = self.store_dir
@@ -227,8 +182,7 @@ class PretrainingDataModule(L.LightningDataModule):
     def resume_settings(self) -> dict:
         """What a resumed run must share with the checkpoint: the store's settings (the corpus by its hash) and the
         micro-batch, on which the stream's position depends."""
-        return {**self.store_settings, "corpus": cache_key(self.store_settings["corpus"]),
-                "batch_size": self.batch_size}
+        return {**self.recipe.identity(), "batch_size": self.batch_size}
 
     def state_dict(self) -> dict:
         if self.trainer is None or self._sampler is None:

@@ -62,6 +62,49 @@ class SourceConfig:
             raise CorpusError(f"data.sources: weight must be > 0, got {self.weight}.")
 
 
+@dataclass(frozen=True)
+class Source:
+    """One source with its paths resolved once (`Source.resolve`): the value that flows from the settings to the
+    store's cache key (`fingerprint`) and to the build (`blocks`)."""
+
+    config: SourceConfig
+    files: tuple[Path, ...]
+    """The files (and saved-dataset folders) its `paths` name, sorted; empty for a hub dataset."""
+
+    @classmethod
+    def resolve(cls, config: SourceConfig) -> "Source":
+        return cls(config, tuple(resolve_paths(config.paths)) if config.paths else ())
+
+    def fingerprint(self) -> dict:
+        """What identifies this source for caching: its settings and each file's path, size and modification time."""
+        def stat(p: Path) -> tuple:
+            if p.is_dir():  # a saved dataset: its files
+                return (str(p), sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                       for f in p.rglob("*") if f.is_file()))
+            return (str(p), (st := p.stat()).st_size, st.st_mtime_ns)
+        settings = {k: v for k, v in vars(self.config).items() if k != "paths"}
+        return {**settings, "files": [stat(p) for p in self.files]}
+
+    def blocks(self, split: str) -> Iterator[Block]:
+        """Every raw block of this source, in a fixed order."""
+        source = self.config
+        if source.name is not None:
+            yield from read_hub_dataset(source)
+            return
+        for path in self.files:
+            fmt = file_format(path, source.format)
+            if fmt == "text":
+                yield from read_text_file(path, split)
+            elif fmt == "jsonl":
+                yield from _blocks(path, (b"\n",), "jsonl")
+            elif fmt == "parquet":
+                yield from read_parquet(path, source.text_field)
+            elif fmt == "arrow":
+                yield from read_arrow_dataset(path, source.text_field, source.hf_split)
+            else:
+                raise CorpusError(f"data.sources: unknown format {fmt!r}; use auto, text, jsonl, parquet or arrow.")
+
+
 def _suffixes(path: Path) -> tuple[str, bool]:
     """The format-deciding suffix of a file and whether it is gzip-compressed (``x.jsonl.gz`` -> ``.jsonl``, True)."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -170,7 +213,8 @@ def read_arrow_dataset(path: Path, text_field: str, split: str) -> Iterator[Bloc
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         if split not in splits:
-            raise CorpusError(f"data: the saved dataset {str(path)!r} has splits {splits}, not {split!r}; set hf_split.")
+            raise CorpusError(f"data: the saved dataset {str(path)!r} has splits {splits}, not {split!r}; "
+                              "set hf_split.")
         path = path / split
     state = json.loads((path / "state.json").read_text())
     for entry in state["_data_files"]:
@@ -198,25 +242,6 @@ def read_hub_dataset(source: SourceConfig) -> Iterator[Block]:
                           "hub, save it with save_to_disk elsewhere and give its folder in paths.") from err
 
 
-def read_source(source: SourceConfig, files: Sequence[Path], split: str) -> Iterator[Block]:
-    """Every raw block of one source, in a fixed order."""
-    if source.name is not None:
-        yield from read_hub_dataset(source)
-        return
-    for path in files:
-        fmt = file_format(path, source.format)
-        if fmt == "text":
-            yield from read_text_file(path, split)
-        elif fmt == "jsonl":
-            yield from _blocks(path, (b"\n",), "jsonl")
-        elif fmt == "parquet":
-            yield from read_parquet(path, source.text_field)
-        elif fmt == "arrow":
-            yield from read_arrow_dataset(path, source.text_field, source.hf_split)
-        else:
-            raise CorpusError(f"data.sources: unknown format {fmt!r}; use auto, text, jsonl, parquet or arrow.")
-
-
 def read_default_corpus() -> Iterator[Block]:
     yield from _record_blocks(default_corpus.documents(), 512)
 
@@ -226,13 +251,3 @@ def _record_blocks(texts: Iterable[str], size: int) -> Iterator[Block]:
     texts = iter(texts)
     while batch := list(itertools.islice(texts, size)):
         yield "records", batch
-
-
-def fingerprint(source: SourceConfig, files: Sequence[Path]) -> dict:
-    """What identifies a source for caching: its settings and each file's path, size and modification time."""
-    def stat(p: Path) -> tuple:
-        if p.is_dir():  # a saved dataset: its files
-            return (str(p), sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file()))
-        return (str(p), (st := p.stat()).st_size, st.st_mtime_ns)
-    settings = {k: v for k, v in vars(source).items() if k != "paths"}
-    return {**settings, "files": [stat(p) for p in files]}

@@ -8,7 +8,7 @@ import torch
 
 from lit_lm.data import (CleaningConfig, CorpusError, DedupConfig, PretrainingDataModule, SourceConfig,
                          TokenizerConfig)
-from lit_lm.data import pipeline
+from lit_lm.data import documents, pipeline
 from lit_lm.data.pipeline import validation_mask
 from lit_lm.models import TransformerConfig
 from lit_lm.modules import MaskedLMModule
@@ -37,7 +37,7 @@ def test_store_builds_once_and_is_reused(corpus, tmp_path):
     assert card["sequences"] == card["train_sequences"] + card["val_sequences"] > 0
     assert {"exact_duplicates", "near_duplicates", "seconds"} <= card.keys()
     second = make(corpus, tmp_path)
-    assert second.store_dir == first.store_dir
+    assert second.store_dir == first.store_dir == tmp_path / "cache" / "stores" / first.recipe.key
     assert second.card["cache_hit"] is True and second.card["tokens"] == card["tokens"]
     assert second.vocab_size == first.vocab_size <= 300
     assert second.special_token_ids == [0, 1, 2, 3, 4] and second.mask_token_id == 4 and second.pad_token_id == 0
@@ -57,7 +57,7 @@ def test_changing_a_setting_builds_a_new_store(corpus, tmp_path, change):
 
 
 def test_process_count_does_not_change_the_store(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 2000)  # many chunks, so both workers get some
+    monkeypatch.setattr(documents, "CHUNK_BYTES", 2000)  # many chunks, so both workers get some
     # one given tokenizer for both: `tokenizers` may break ties between equally frequent merges differently per run
     given = TokenizerConfig(path=str(make(corpus, tmp_path).store_dir / "tokenizer.json"))
     one = make(corpus, tmp_path, num_proc=1, cache_dir=str(tmp_path / "one"), tokenizer=given)

@@ -3,18 +3,16 @@ import json
 
 import pytest
 
-from lit_lm.data.pipeline import clean_chunk
+from lit_lm.data.documents import clean_chunk
 from lit_lm.data.dedup import DedupConfig
-from lit_lm.data.sources import (CorpusError, SourceConfig, file_format, read_hub_dataset, read_source,
-                                 resolve_paths)
+from lit_lm.data.sources import CorpusError, Source, SourceConfig, file_format, read_hub_dataset, resolve_paths
 from lit_lm.data.text import CleaningConfig
 from lit_lm.data import sources as sources_module
 
 
 def documents(source: SourceConfig, split: str = "file", cleaning: CleaningConfig = CleaningConfig()):
     """The clean documents a source yields, through the same worker function the pipeline uses."""
-    files = resolve_paths(source.paths) if source.paths else []
-    chunk = [(0, kind, payload) for kind, payload in read_source(source, files, split)]
+    chunk = [(0, kind, payload) for kind, payload in Source.resolve(source).blocks(split)]
     _, counters, hashed = clean_chunk(chunk, [source.text_field], split, cleaning, DedupConfig(near=False))
     return hashed.texts, counters
 
@@ -57,8 +55,7 @@ def test_a_large_text_file_is_read_in_blocks_cut_at_paragraphs(tmp_path, monkeyp
     monkeypatch.setattr(sources_module, "BLOCK_BYTES", 64)
     paragraphs = [f"paragraph number {i} " * 3 for i in range(40)]
     (tmp_path / "big.txt").write_text("\r\n\r\n".join(paragraphs))
-    files = resolve_paths([str(tmp_path)])
-    blocks = list(read_source(SourceConfig(paths=[str(tmp_path)]), files, "paragraph"))
+    blocks = list(Source.resolve(SourceConfig(paths=[str(tmp_path)])).blocks("paragraph"))
     assert len(blocks) > 10 and all(kind == "text-part" for kind, _ in blocks)
     docs, _ = documents(SourceConfig(paths=[str(tmp_path)]), split="paragraph")
     assert docs == [p.strip() for p in paragraphs]
