@@ -1,16 +1,20 @@
-"""The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving and wandb
-fallback."""
+"""The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving, recipes that
+build on shared base files, and wandb fallback."""
 
+import contextlib
+import io
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
+from unittest import mock
 from urllib.parse import urlparse
 
 import lightning as L
-from jsonargparse import set_parsing_settings
+import yaml
+from jsonargparse import ActionConfigFile, get_loader, set_loader, set_parsing_settings
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -150,6 +154,81 @@ def probe_shape(config) -> tuple[int, int, int]:
         return 1024, 256, 1024
 
 
+class RecipeError(ValueError):
+    """A recipe names a base file that does not exist, or bases that build on each other in a circle."""
+
+
+# A recipe shows only what makes it that recipe: its top-level `base:` names the files it builds on (a path or a
+# list, relative to the recipe; a base may have its own). `--config recipe.yaml` becomes `--config` for each base,
+# bases of bases first, then the recipe: jsonargparse merges several --config files in order, and `callbacks+:`
+# appends to the callbacks the bases list.
+BASE_KEY = "base"
+CONFIG_HELP = ("A recipe (YAML). Its top-level `base: FILE` (or a list) names the files it builds on, relative to it; "
+               "they are merged first, bases of bases before them, then the recipe; in it `trainer.callbacks+:` "
+               "appends to the bases' callbacks. --print_config shows the whole result, and the config.yaml a run "
+               "saves reproduces it alone.")
+
+
+def base_files(recipe: Path, _building: tuple[Path, ...] = ()) -> list[Path]:
+    """The files ``recipe`` builds on, in merge order (each after its own bases, each once); none for a YAML string."""
+    try:
+        content = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
+    except (OSError, yaml.YAMLError):  # a YAML string given for --config, or a broken file jsonargparse reports
+        return []
+    declared = content.get(BASE_KEY) if isinstance(content, dict) else None
+    names = [declared] if isinstance(declared, str) else declared or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RecipeError(f"{recipe}: `base:` takes a file or a list of files, not {declared!r}.")
+    files = []
+    for name in names:
+        base = (recipe.parent / name).resolve()
+        if not base.is_file():
+            raise RecipeError(f"{recipe}: base {name} is not a file ({base}). Fix the `base:` line of {recipe}.")
+        if base in (*_building, recipe.resolve()):
+            raise RecipeError(f"{recipe}: base {name} builds on {recipe} itself. Remove one of the `base:` lines.")
+        files += [f for f in [*base_files(base, (*_building, recipe.resolve())), base] if f not in files]
+    return files
+
+
+def with_base_configs(args: list[str]) -> list[str]:
+    """``args`` with ``--config FILE`` preceded by ``--config BASE`` for each base file that FILE builds on."""
+    expanded, added = [], set()
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None)
+        for base in base_files(Path(value)) if value is not None else []:
+            if base not in added:
+                added.add(base)
+                expanded += ["--config", str(base)]
+        expanded.append(arg)
+    return expanded
+
+
+_yaml_loader = get_loader("yaml")
+
+
+def _load_without_base(content: str, path: Optional[str] = None) -> object:
+    """jsonargparse's YAML loader; from a config file it drops the ``base:`` key, already expanded into --config files."""
+    value = _yaml_loader(content)
+    if path is not None and isinstance(value, dict):
+        value.pop(BASE_KEY, None)
+    return value
+
+
+set_loader("recipe", _load_without_base, exceptions=(yaml.YAMLError,))
+
+
+class RecipeParser(LightningArgumentParser):
+    """Lightning's parser, reading recipes that build on base files (see ``with_base_configs``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", "recipe")
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        return super().parse_args(with_base_configs(list(sys.argv[1:] if args is None else args)), *rest, **kwargs)
+
+
 class LitLMCLI(LightningCLI):
     """``train.py fit|validate|test --config recipe.yaml``: a LightningCLI that links data settings into the model."""
 
@@ -160,6 +239,12 @@ class LitLMCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)  # the module builds AdamW with its decay groups
         kwargs.setdefault("trainer_class", Trainer)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = RecipeParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help=CONFIG_HELP)
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
@@ -181,11 +266,24 @@ class LitLMCLI(LightningCLI):
 
 
 # Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
-USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError)
+USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, RecipeError)
 
 
 def main(args: list[str] | None = None) -> LitLMCLI:
     return LitLMCLI(args=args)
+
+
+def resolved_config(recipe: Union[str, Path], *overrides: str) -> dict:
+    """The whole config that ``train.py fit --config recipe [overrides]`` runs, bases merged in: what
+    ``--print_config`` prints, as a dict. For code that reads a recipe's settings (benchmarks, tests)."""
+    printed = io.StringIO()
+    with mock.patch.object(sys, "argv", sys.argv[:1]), contextlib.redirect_stdout(printed):
+        try:
+            main(["fit", "--config", str(recipe), *overrides, "--print_config"])
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise
+    return yaml.safe_load(printed.getvalue())
 
 
 def run() -> None:
