@@ -158,15 +158,13 @@ class RecipeError(ValueError):
     """A recipe names a base file that does not exist, or bases that build on each other in a circle."""
 
 
-# A recipe shows only what makes it that recipe: its top-level `base:` names the files it builds on (a path or a
-# list, relative to the recipe; a base may have its own). `--config recipe.yaml` becomes `--config` for each base,
-# bases of bases first, then the recipe: jsonargparse merges several --config files in order, and `callbacks+:`
-# appends to the callbacks the bases list.
+# Recipes as base plus delta: a recipe's top-level `base:` names the files it builds on (one or a list, relative to
+# it; a base may have its own). `--config recipe.yaml` becomes one --config per base, bases of bases first, then the
+# recipe: jsonargparse merges several --config files in order, and a recipe's `callbacks+:` appends to its bases'.
 BASE_KEY = "base"
-CONFIG_HELP = ("A recipe (YAML). Its top-level `base: FILE` (or a list) names the files it builds on, relative to it; "
-               "they are merged first, bases of bases before them, then the recipe; in it `trainer.callbacks+:` "
-               "appends to the bases' callbacks. --print_config shows the whole result, and the config.yaml a run "
-               "saves reproduces it alone.")
+CONFIG_HELP = ("A recipe (YAML). Its top-level `base:` names the files (relative to it) it builds on; they are merged "
+               "first, then the recipe, whose `trainer.callbacks+:` appends to theirs. --print_config shows the whole "
+               "result; the config.yaml a run saves is that whole and reproduces the run alone.")
 
 
 def base_files(recipe: Path, _building: tuple[Path, ...] = ()) -> list[Path]:
@@ -179,19 +177,19 @@ def base_files(recipe: Path, _building: tuple[Path, ...] = ()) -> list[Path]:
     names = [declared] if isinstance(declared, str) else declared or []
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise RecipeError(f"{recipe}: `base:` takes a file or a list of files, not {declared!r}.")
-    files = []
+    files, building = [], (*_building, recipe.resolve())
     for name in names:
         base = (recipe.parent / name).resolve()
         if not base.is_file():
             raise RecipeError(f"{recipe}: base {name} is not a file ({base}). Fix the `base:` line of {recipe}.")
-        if base in (*_building, recipe.resolve()):
+        if base in building:
             raise RecipeError(f"{recipe}: base {name} builds on {recipe} itself. Remove one of the `base:` lines.")
-        files += [f for f in [*base_files(base, (*_building, recipe.resolve())), base] if f not in files]
+        files += [f for f in [*base_files(base, building), base] if f not in files]
     return files
 
 
 def with_base_configs(args: list[str]) -> list[str]:
-    """``args`` with ``--config FILE`` preceded by ``--config BASE`` for each base file that FILE builds on."""
+    """``args`` with each ``--config FILE`` preceded by ``--config BASE`` for every base file that FILE builds on."""
     expanded, added = [], set()
     for i, arg in enumerate(args):
         value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
@@ -208,9 +206,9 @@ _yaml_loader = get_loader("yaml")
 
 
 def _load_without_base(content: str, path: Optional[str] = None) -> object:
-    """jsonargparse's YAML loader; from a config file it drops the ``base:`` key, already expanded into --config files."""
+    """jsonargparse's YAML loader; a config file's ``base:`` key (already expanded into --config files) is dropped."""
     value = _yaml_loader(content)
-    if path is not None and isinstance(value, dict):
+    if path is not None and isinstance(value, dict):  # jsonargparse passes `path` for config files only
         value.pop(BASE_KEY, None)
     return value
 
@@ -219,13 +217,13 @@ set_loader("recipe", _load_without_base, exceptions=(yaml.YAMLError,))
 
 
 class RecipeParser(LightningArgumentParser):
-    """Lightning's parser, reading recipes that build on base files (see ``with_base_configs``)."""
+    """Lightning's parser, for recipes that build on base files (see ``with_base_configs``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("parser_mode", "recipe")
         super().__init__(*args, **kwargs)
 
-    def parse_args(self, args=None, *rest, **kwargs):
+    def parse_args(self, args: Optional[list[str]] = None, *rest, **kwargs):
         return super().parse_args(with_base_configs(list(sys.argv[1:] if args is None else args)), *rest, **kwargs)
 
 

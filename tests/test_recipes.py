@@ -86,7 +86,8 @@ def callback_summary(callback: dict) -> str:
 
 # What every recipe resolves to in the stanzas its bases supply, pinned when the recipes became base + delta (their
 # resolved configs were identical before and after): trainer settings, then the callbacks after the checkpoint.
-CHECKPOINT = "ModelCheckpoint(save_last=True, save_on_exception=True, every_n_train_steps={}, enable_version_counter=False)"
+CHECKPOINT = ("ModelCheckpoint(save_last=True, save_on_exception=True, every_n_train_steps={}, "
+              "enable_version_counter=False)")
 MONITORS = ["ThroughputMFU", "StopOnNonFiniteLoss", "LossSummary"]
 LAPTOP = dict(precision="auto", accumulate_grad_batches=1, gradient_clip_val=None, limit_val_batches=16,
               log_every_n_steps=5, checkpoint_every=50)
@@ -109,7 +110,8 @@ PINNED = {
     "recipes/original-bert.yaml": ({**LAPTOP, "precision": "32-true", "max_time": "00:00:10:00",
                                     "accumulate_grad_batches": 8, "gradient_clip_val": 1.0, "val_check_interval": 200},
                                    ["OneCycleLR(warmup_fraction=0.01)", *MONITORS]),
-    "encoder/bert-base.yaml": ({**DAY, "accumulate_grad_batches": 8}, ["OneCycleLR(warmup_fraction=0.01)", "LossSummary"]),
+    "encoder/bert-base.yaml": ({**DAY, "accumulate_grad_batches": 8},
+                               ["OneCycleLR(warmup_fraction=0.01)", "LossSummary"]),
     "encoder/roberta-base.yaml": ({**DAY, "accumulate_grad_batches": 16},
                                   ["OneCycleLR(warmup_fraction=0.048)", "LossSummary"]),
     "encoder/deberta-v3-base.yaml": ({**DAY, "accumulate_grad_batches": 8},
