@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser  # noqa: E402
 
+from lit_lm.cli import resolved_config  # noqa: E402
 from lit_lm.precision import auto_precision  # noqa: E402
 from lit_lm.modules import MaskedLMModule  # noqa: E402
 from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens  # noqa: E402
@@ -82,7 +83,7 @@ ABLATIONS = {
 
 def run_config(name: str, minutes: float, data: Path, run_dir: Path) -> dict:
     base = "original" if name == "original" else "crammed"
-    cfg = yaml.safe_load(RECIPES[base].read_text())
+    cfg = resolved_config(RECIPES[base])  # the whole config, the recipe's base merged in
     if name in ABLATIONS:
         ABLATIONS[name][1](cfg)
     seconds = round(minutes * 60)

@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT))  # this checkout's lit_lm, even where another one 
 
 from lit_lm.data.dedup import DedupConfig, Deduplicator, hash_documents  # noqa: E402
 from lit_lm.data.minhash import shingles  # noqa: E402
-from lit_lm.data.pipeline import Recipe, build_store  # noqa: E402
-from lit_lm.data.sources import SourceConfig, resolve_paths  # noqa: E402
-from lit_lm.data.text import CleaningConfig, decode, split_documents  # noqa: E402
+from lit_lm.data.pipeline import build_store  # noqa: E402
+from lit_lm.data.recipe import Recipe  # noqa: E402
+from lit_lm.data.sources import resolve_paths  # noqa: E402
+from lit_lm.data.text import decode, split_documents  # noqa: E402
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 
@@ -96,8 +97,7 @@ def main() -> None:
     print(f"bare encode_batch: {bare_s:.1f} s, {mb / bare_s:.2f} MB/s, {bare_tokens} tokens", flush=True)
 
     def pipeline(tokenizer_config: TokenizerConfig, name: str):
-        recipe = Recipe([(SourceConfig(paths=[args.path]), files)], "paragraph", CleaningConfig(), DedupConfig(),
-                        tokenizer_config, 128, 0.05, 0, True)
+        recipe = Recipe.plan(paths=[args.path], split="paragraph", tokenizer=tokenizer_config, seq_length=128)
         return build_store(recipe, work / name, num_proc=2, progress=False)
     card, given_s = timed(lambda: pipeline(TokenizerConfig(path=str(work / "tokenizer.json")), "given"))
     print(f"pipeline, tokenizer given: {given_s:.1f} s, {mb / given_s:.2f} MB/s", flush=True)

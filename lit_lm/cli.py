@@ -1,6 +1,8 @@
-"""The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving and wandb
-fallback."""
+"""The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving, recipes that
+build on shared base files, and wandb fallback."""
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -8,10 +10,12 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
+from unittest import mock
 from urllib.parse import urlparse
 
 import lightning as L
-from jsonargparse import set_parsing_settings
+import yaml
+from jsonargparse import ActionConfigFile, set_parsing_settings
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -22,6 +26,7 @@ from lit_lm.callbacks.nonfinite import NonFiniteLossError
 from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.precision import AUTO, auto_precision, precision_plugin
+from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
 from lit_lm.runs import ResumeError, check_resume, find_last_checkpoint
 
 # Field docstrings of the config dataclasses become the --help text.
@@ -173,6 +178,12 @@ class LitLMCLI(LightningCLI):
         kwargs.setdefault("trainer_class", Trainer)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = RecipeParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help=CONFIG_HELP)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_TO_MODEL_LINKS.items():
             parser.link_arguments(source, target, apply_on="instantiate")
@@ -198,11 +209,24 @@ class LitLMCLI(LightningCLI):
 
 
 # Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
-USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError)
+USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, RecipeError)
 
 
 def main(args: list[str] | None = None) -> LitLMCLI:
     return LitLMCLI(args=args)
+
+
+def resolved_config(recipe: Union[str, Path], *overrides: str) -> dict:
+    """The whole config that ``train.py fit --config recipe [overrides]`` runs, bases merged in: what
+    ``--print_config`` prints, as a dict. For code that reads a recipe's settings (benchmarks, tests)."""
+    printed = io.StringIO()
+    with mock.patch.object(sys, "argv", sys.argv[:1]), contextlib.redirect_stdout(printed):
+        try:
+            main(["fit", "--config", str(recipe), *overrides, "--print_config"])
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise
+    return yaml.safe_load(printed.getvalue())
 
 
 def run(args: list[str] | None = None) -> None:

@@ -11,10 +11,12 @@ import torch
 import yaml
 
 
-from lit_lm.cli import LitLMCLI, main
+from lit_lm.cli import LitLMCLI, main, resolved_config, run
+from lit_lm.recipe_bases import RecipeError, with_base_configs
 from tests.conftest import ROOT, InterruptAt
 
-RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+# configs/base/ holds what recipes build on, not recipes
+RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "base")
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY_MODEL = [
     "--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
@@ -57,6 +59,60 @@ def test_every_shipped_recipe_parses_and_prints_a_complete_config(recipe, capsys
     printed = yaml.safe_load(capsys.readouterr().out)
     assert {"trainer", "model", "data"} <= printed.keys()
     assert printed["model"]["class_path"].startswith("lit_lm.")
+
+
+def test_config_is_preceded_by_the_bases_it_builds_on_bases_of_bases_first():
+    base = ROOT / "configs" / "base"
+    primer = str(ROOT / "configs" / "decoder" / "primer.yaml")
+    assert with_base_configs(["fit", "--config", primer, "--trainer.max_steps", "3"]) == [
+        "fit", "--config", str(base / "trainer.yaml"), "--config", str(base / "gpu-day.yaml"), "--config", primer,
+        "--trainer.max_steps", "3"]
+    assert with_base_configs([f"--config={primer}"])[-2:] == [str(base / "gpu-day.yaml"), f"--config={primer}"]
+    assert with_base_configs(["--config", "{trainer: {max_steps: 3}}"]) == ["--config", "{trainer: {max_steps: 3}}"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_recipe_merges_over_its_bases_and_appends_to_their_callbacks(tmp_path):
+    write(tmp_path / "base" / "a.yaml", """
+trainer:
+  max_steps: 7
+  log_every_n_steps: 3
+  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: runs/a, name: logs}}
+  callbacks: [{class_path: lit_lm.callbacks.LossSummary}]
+""")
+    write(tmp_path / "base" / "b.yaml", "base: a.yaml\ntrainer: {log_every_n_steps: 4}\n")
+    recipe = write(tmp_path / "recipes" / "r.yaml", """
+base: [../base/b.yaml, ../base/a.yaml]  # a.yaml only once, before b.yaml
+trainer:
+  max_steps: 9
+  logger: {init_args: {save_dir: runs/r}}
+  callbacks+: [{class_path: lit_lm.callbacks.ThroughputMFU}]
+model: {class_path: lit_lm.modules.MaskedLMModule}
+data: {class_path: lit_lm.data.PretrainingDataModule}
+""")
+    trainer = resolved_config(recipe)["trainer"]
+    assert (trainer["max_steps"], trainer["log_every_n_steps"]) == (9, 4)  # the recipe over b.yaml over a.yaml
+    assert trainer["logger"]["init_args"]["save_dir"] == "runs/r" and trainer["logger"]["init_args"]["name"] == "logs"
+    assert [c["class_path"] for c in trainer["callbacks"]] == ["lit_lm.callbacks.LossSummary",
+                                                               "lit_lm.callbacks.ThroughputMFU"]
+
+
+def test_a_missing_or_circular_base_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    missing = write(tmp_path / "missing.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(RecipeError, match="base nowhere.yaml is not a file"):
+        main(["fit", "--config", str(missing)])
+    write(tmp_path / "one.yaml", "base: two.yaml\n")
+    write(tmp_path / "two.yaml", "base: one.yaml\n")
+    monkeypatch.setattr(sys, "argv", ["train.py", "fit", "--config", str(tmp_path / "one.yaml")])
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    assert exit_.value.code == 2
+    assert "builds on" in capsys.readouterr().err
 
 
 def test_a_few_steps_through_train_py_save_config_metrics_and_a_checkpoint(corpus, tmp_path):

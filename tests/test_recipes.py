@@ -1,8 +1,12 @@
-"""The precision matrix: every shipped recipe, shrunk to a tiny shape and corpus, trains a few optimizer steps through
-the CLI with its own callbacks under each precision ``auto`` can pick, forced on this CPU whatever it has; and a
-run resumes from a checkpoint saved under another precision."""
+"""The shipped recipes: each is a short delta on a base in configs/base and resolves to the settings pinned here; the
+precision matrix: every recipe, shrunk to a tiny shape and corpus, trains a few optimizer steps through the CLI with
+its own callbacks under each precision ``auto`` can pick, forced on this CPU whatever it has, and saves a config that
+holds its whole resolved trainer; and a run resumes from a checkpoint saved under another precision."""
 
 import csv
+import functools
+import importlib
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -11,10 +15,12 @@ import pytest
 import torch
 import yaml
 
-from lit_lm.cli import LitLMCLI, main
+from lit_lm.cli import LitLMCLI, main, resolved_config
 from tests.conftest import ROOT, InterruptAt, write_corpus
 
-RECIPES = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml"))
+CONFIGS = ROOT / "configs"
+# configs/base/ holds what recipes build on, not recipes
+RECIPES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if p.parent.name != "base")
 PRECISIONS = ["32-true", "bf16-mixed", "16-mixed"]
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
         "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",
@@ -42,8 +48,10 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train.py"])
 
 
+@functools.cache
 def trainer_settings(recipe: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / recipe).read_text())["trainer"]
+    """The recipe's whole trainer section, its bases merged in."""
+    return resolved_config(CONFIGS / recipe)["trainer"]
 
 
 def run_folder(recipe: str) -> Path:
@@ -52,7 +60,7 @@ def run_folder(recipe: str) -> Path:
 
 def arguments(recipe: str, corpus: Path, precision: str, steps: int) -> list[str]:
     # a recipe's fixed accumulation (64 micro-batches a step for GPT-2) shrinks to 2; a batch ramp keeps its own
-    fixed_accumulation = "accumulate_grad_batches" in trainer_settings(recipe)
+    fixed_accumulation = trainer_settings(recipe)["accumulate_grad_batches"] > 1
     accumulate = ["--trainer.accumulate_grad_batches", "2"] if fixed_accumulation else []
     return ["--config", str(ROOT / "configs" / recipe), *TINY, *accumulate, "--data.init_args.paths", f"[{corpus}]",
             "--trainer.precision", precision, "--trainer.max_steps", str(steps)]
@@ -60,6 +68,90 @@ def arguments(recipe: str, corpus: Path, precision: str, steps: int) -> list[str
 
 def fit(recipe: str, corpus: Path, precision: str, steps: int, *extra: str) -> LitLMCLI:
     return main(["fit", *arguments(recipe, corpus, precision, steps), *extra])
+
+
+def own_lines(recipe: Path) -> list[str]:
+    """A recipe's own YAML: its lines that are neither blank nor comments."""
+    return [line for line in recipe.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def callback_summary(callback: dict) -> str:
+    """``Name(setting=value, ...)`` with the settings that differ from the callback's defaults."""
+    module, name = callback["class_path"].rsplit(".", 1)
+    defaults = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    changed = [f"{key}={value!r}" for key, value in (callback.get("init_args") or {}).items()
+               if key not in defaults or defaults[key].default != value]
+    return f"{name}({', '.join(changed)})" if changed else name
+
+
+# What every recipe resolves to in the stanzas its bases supply, pinned when the recipes became base + delta (their
+# resolved configs were identical before and after): trainer settings, then the callbacks after the checkpoint.
+CHECKPOINT = ("ModelCheckpoint(save_last=True, save_on_exception=True, every_n_train_steps={}, "
+              "enable_version_counter=False)")
+MONITORS = ["ThroughputMFU", "StopOnNonFiniteLoss", "LossSummary"]
+LAPTOP = dict(precision="auto", accumulate_grad_batches=1, gradient_clip_val=None, limit_val_batches=16,
+              log_every_n_steps=5, checkpoint_every=50)
+DAY = dict(precision="auto", max_time="01:00:00:00", gradient_clip_val=1.0, val_check_interval=2000,
+           limit_val_batches=50, log_every_n_steps=50, checkpoint_every=2000)
+CRAMMING = ["BatchSizeRamp(target_batch_size=128)", "OneCycleLR(warmup_fraction=0.75, initial_lr_ratio=0.25)"]
+GPT3_DECAY = "OneCycleLR(warmup_fraction=0.01, final_lr_ratio=0.1)"
+GPT2_SAMPLES = "TextSamples(every_n_steps=2000, prompts=['', 'The meaning of'], max_new_tokens=64)"
+PINNED = {
+    "quickstart.yaml": ({**LAPTOP, "max_time": "00:00:04:30", "val_check_interval": 50, "limit_val_batches": 8},
+                        ["OneCycleLR(warmup_fraction=0.1)", *MONITORS]),
+    "quickstart-decoder.yaml": ({**LAPTOP, "max_time": "00:00:04:00", "val_check_interval": 50, "limit_val_batches": 8},
+                                ["OneCycleLR(warmup_fraction=0.1)", *MONITORS,
+                                 "TextSamples(every_n_steps=50, prompts=['', 'The list'])"]),
+    "recipes/crammed-bert.yaml": ({**LAPTOP, "max_time": "00:00:10:00", "gradient_clip_val": 0.5,
+                                   "val_check_interval": 200}, [*CRAMMING, *MONITORS]),
+    "recipes/crammed-gpt.yaml": ({**LAPTOP, "max_time": "00:00:10:00", "gradient_clip_val": 0.5,
+                                  "val_check_interval": 50},
+                                 [*CRAMMING, *MONITORS, "TextSamples(every_n_steps=100, prompts=['', 'The list'])"]),
+    "recipes/original-bert.yaml": ({**LAPTOP, "precision": "32-true", "max_time": "00:00:10:00",
+                                    "accumulate_grad_batches": 8, "gradient_clip_val": 1.0, "val_check_interval": 200},
+                                   ["OneCycleLR(warmup_fraction=0.01)", *MONITORS]),
+    "encoder/bert-base.yaml": ({**DAY, "accumulate_grad_batches": 8},
+                               ["OneCycleLR(warmup_fraction=0.01)", "LossSummary"]),
+    "encoder/roberta-base.yaml": ({**DAY, "accumulate_grad_batches": 16},
+                                  ["OneCycleLR(warmup_fraction=0.048)", "LossSummary"]),
+    "encoder/deberta-v3-base.yaml": ({**DAY, "accumulate_grad_batches": 8},
+                                     ["OneCycleLR(warmup_fraction=0.01)", "LossSummary"]),
+    "decoder/gpt2-small.yaml": ({**DAY, "precision": "bf16-mixed", "accumulate_grad_batches": 64},
+                                [GPT3_DECAY, *MONITORS, GPT2_SAMPLES]),
+    "decoder/primer.yaml": ({**DAY, "precision": "bf16-mixed", "accumulate_grad_batches": 64},
+                            [GPT3_DECAY, *MONITORS, GPT2_SAMPLES]),
+}
+
+
+def test_every_recipe_is_pinned():
+    assert sorted(PINNED) == RECIPES
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_is_a_short_delta_on_a_base(recipe):
+    """A recipe names its base first and has at most 40 lines of its own: the shared seed, logger and checkpoint live
+    once, in configs/base."""
+    lines = own_lines(CONFIGS / recipe)
+    assert len(lines) <= 40, f"{recipe}: {len(lines)} lines of its own"
+    assert lines[0].startswith("base: ")
+    assert not [line for line in lines if any(shared in line for shared in ("seed_everything", "Logger", "Checkpoint"))]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_resolves_to_its_pinned_trainer_and_callbacks(recipe):
+    settings, callbacks = PINNED[recipe]
+    settings = dict(settings)
+    checkpoint_every = settings.pop("checkpoint_every")
+    config = resolved_config(CONFIGS / recipe)
+    trainer = config["trainer"]
+    assert config["seed_everything"] == 0
+    assert {key: trainer[key] for key in settings} == settings
+    assert (trainer["accelerator"], trainer["devices"], trainer["max_epochs"]) == ("auto", 1, 1)
+    run = f"runs/{Path(recipe).stem}"  # runs/<recipe>/logs/version_N
+    assert trainer["default_root_dir"] == run
+    assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    assert (trainer["logger"]["init_args"]["save_dir"], trainer["logger"]["init_args"]["name"]) == (run, "logs")
+    assert [callback_summary(c) for c in trainer["callbacks"]] == [CHECKPOINT.format(checkpoint_every), *callbacks]
 
 
 def train_losses(version: Path) -> list[tuple[int, float]]:
@@ -74,7 +166,9 @@ def test_every_recipe_trains_under_every_precision(recipe, precision, tiny_corpu
     cli = fit(recipe, tiny_corpus, precision, 2)
     assert cli.trainer.precision == precision and cli.trainer.global_step == 2
     version = run_folder(recipe) / "logs" / "version_0"
-    assert yaml.safe_load((version / "config.yaml").read_text())["trainer"]["precision"] == precision
+    saved = yaml.safe_load((version / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == precision
+    assert saved["trainer"]["callbacks"] == trainer_settings(recipe)["callbacks"] and "base" not in saved  # whole
     losses = train_losses(version)
     assert losses and all(math.isfinite(loss) for _, loss in losses)
     assert torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2

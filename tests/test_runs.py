@@ -1,16 +1,20 @@
 """Run folders as a user meets them: a recipe run twice in one folder, the second time with a switch changed, trains
-from scratch in a folder of its own; ``--ckpt_path last`` resumes only a run with the same model and data."""
+from scratch in a folder of its own; ``--ckpt_path last`` resumes only a run with the same model and data; the
+config a run saves reproduces it alone."""
 
 import csv
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from lit_lm.cli import resolved_config
 from lit_lm.runs import differences, find_last_checkpoint
 from tests.conftest import ROOT
 
@@ -81,6 +85,20 @@ def test_resuming_with_another_model_or_data_names_the_settings(corpus, tmp_path
                  "--model.init_args.optimizer.lr", "1e-3")  # the optimizer may change on a resume
     assert same.returncode == 0, same.stderr[-3000:]
     assert "resuming from runs/quickstart/logs/version_0/checkpoints/last.ckpt" in same.stderr
+
+
+@pytest.mark.slow
+def test_the_saved_config_reproduces_the_run_alone(corpus, tmp_path):
+    """config.yaml holds the whole resolved config, the recipe's bases merged in and no `base:` left: from a folder
+    with no recipe or base file beside it, it parses to the config the recipe and its overrides gave."""
+    overrides = ["--trainer.precision", "32-true", "--trainer.max_steps", "1"]
+    assert train(tmp_path, corpus, *overrides).returncode == 0
+    alone = tmp_path / "elsewhere" / "config.yaml"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / LOGS / "version_0" / "config.yaml", alone)
+    assert "base" not in yaml.safe_load(alone.read_text())
+    recipe = ROOT / "configs" / "quickstart.yaml"
+    assert resolved_config(alone) == resolved_config(recipe, *TINY, "--data.init_args.paths", f"[{corpus}]", *overrides)
 
 
 def test_resuming_last_with_no_run_is_a_clear_error(corpus, tmp_path):
