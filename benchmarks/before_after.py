@@ -58,7 +58,7 @@ def side_by_side(runs: dict[str, list[list[dict]]]) -> list[dict]:
                 continue
             before = statistics.median(run[index][field] for run in runs["before"])
             after = statistics.median(run[index][field] for run in runs["after"])
-            entry[field] = {"before": before, "after": after, "ratio": round(after / before, 3)}
+            entry[field] = {"before": round(before, 3), "after": round(after, 3), "ratio": round(after / before, 3)}
         table.append(entry)
     return table
 
