@@ -40,7 +40,8 @@ for note in (r".*isinstance\(treespec, LeafSpec\)", r"Precision .* is not suppor
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage())
 
-# What the tokenizer and the data decide, flowing into the model when both are instantiated.
+# What the tokenizer and the data decide, flowing into the model when both are instantiated (a link whose data
+# attribute does not exist, such as num_labels for pretraining data, is skipped).
 DATA_TO_MODEL_LINKS = {
     "data.vocab_size": "model.init_args.config.vocab_size",
     "data.pad_token_id": "model.init_args.config.pad_token_id",
@@ -48,6 +49,8 @@ DATA_TO_MODEL_LINKS = {
     "data.mask_token_id": "model.init_args.mask_token_id",
     "data.seq_length": "model.init_args.seq_length",
     "data.eos_token_id": "model.init_args.eos_token_id",
+    "data.num_labels": "model.init_args.num_labels",  # fine-tuning: the task decides the head and its metric
+    "data.metric": "model.init_args.metric",
 }
 
 

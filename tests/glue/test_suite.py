@@ -1,0 +1,147 @@
+"""The fine-tuning suite end to end on generated tasks: `train.py fit` with a task recipe, `python -m lit_lm.glue`,
+its results files, resuming, and the scratch column."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lit_lm.glue.suite as suite
+from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
+from lit_lm.glue import SuiteError, run_suite
+from lit_lm.models import EncoderForMaskedLM
+from tests.conftest import ROOT, sentence
+from tests.models.helpers import tiny
+from tests.test_checkpoint import save_run_checkpoint
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+         "--trainer.precision", "32-true"]
+SMALL = [*QUIET, "--trainer.max_epochs", "2", "--data.init_args.batch_size", "8"]
+
+
+def write_task(folder: Path, name: str, pair: bool = False, rows: int = 96) -> Path:
+    """A learnable task as GLUE-style TSV files, and its recipe built on configs/base/finetune.yaml: the label says
+    whether the (first) sentence is 'bright' rather than 'dark'."""
+    rng = random.Random(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", rows), ("dev", rows // 3)):
+        lines = ["first\tsecond\tlabel" if pair else "sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            text = sentence(rng).replace("the ", f"the {'bright' if label else 'dark'} ", 1)
+            lines.append(f"{text}\t{sentence(rng)}\t{label}" if pair else f"{text}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    columns = "[first, second]" if pair else "[sentence]"
+    recipe = folder / f"{name}.yaml"
+    recipe.write_text(f"""base: {ROOT / 'configs' / 'base' / 'finetune.yaml'}
+trainer:
+  default_root_dir: &run {folder / 'runs'}
+  logger: {{init_args: {{save_dir: *run}}}}
+model:
+  class_path: lit_lm.modules.SequenceClassificationModule
+  init_args:
+    optimizer: {{lr: 1.0e-3}}
+data:
+  class_path: lit_lm.data.ClassificationDataModule
+  init_args:
+    train_file: {folder / 'train.tsv'}
+    val_file: {folder / 'dev.tsv'}
+    text_columns: {columns}
+    label_column: label
+    metric: {'f1_accuracy' if pair else 'accuracy'}
+""")
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A lit-lm masked-LM run's checkpoint, with its tokenizer, as a run folder."""
+    rng = random.Random(0)
+    tokenizer = train_tokenizer([" ".join(sentence(rng) for _ in range(4)) for _ in range(200)],
+                                TokenizerConfig(kind="wordpiece", vocab_size=200))
+    torch.manual_seed(0)
+    model = EncoderForMaskedLM(tiny(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=64))
+    run = tmp_path_factory.mktemp("pretrained") / "tiny-bert"
+    save_run_checkpoint(run / "logs" / "version_0" / "checkpoints" / "last.ckpt", model, tokenizer)
+    return run
+
+
+def test_train_py_fine_tunes_a_task_recipe_and_a_second_run_gets_its_own_folder(tmp_path, checkpoint):
+    recipe = write_task(tmp_path / "task", "bright")
+    command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(recipe),
+               "--model.init_args.init_from", str(checkpoint), *SMALL]
+    for _ in range(2):
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    versions = sorted((tmp_path / "task" / "runs" / "logs").glob("version_*"))
+    assert [v.name for v in versions] == ["version_0", "version_1"]
+    for version in versions:
+        metrics = (version / "metrics.csv").read_text()
+        assert "val/accuracy" in metrics and "val/score" in metrics and "train/loss" in metrics
+        assert (version / "checkpoints" / "last.ckpt").is_file()
+        saved = (version / "config.yaml").read_text()
+        assert "SequenceClassificationModule" in saved and "num_labels: 2" in saved
+
+
+def test_the_suite_writes_a_table_resumes_and_refuses_other_settings(tmp_path, checkpoint, monkeypatch):
+    tasks = [str(write_task(tmp_path / "single", "bright")), str(write_task(tmp_path / "pair", "pairs", pair=True))]
+    out = tmp_path / "out"
+    results = run_suite([f"tiny={checkpoint}"], tasks, out, SMALL, scratch=True)
+    table = (out / "results.md").read_text()
+    assert "| task | metric | tiny | tiny (random init) |" in table
+    assert "| bright | accuracy |" in table and "| pairs | F1/accuracy |" in table and "| **average** |" in table
+    saved = json.loads((out / "results.json").read_text())["results"]
+    assert {(r["column"], r["task"]) for r in saved} == {(c, t) for c in ("tiny", "tiny (random init)")
+                                                         for t in ("bright", "pairs")}
+    for r in saved:
+        assert set(r["metrics"]) == ({"accuracy"} if r["task"] == "bright" else {"f1", "accuracy"})
+        assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+        assert r["score"] == pytest.approx(sum(r["metrics"].values()) / len(r["metrics"]))
+        assert r["steps"] == 2 * 12  # 2 epochs of 96 rows in batches of 8
+    assert results.get("tiny", "bright").metrics["accuracy"] > 0.8  # the task is learnable from the pretrained start
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished task was fine-tuned again")
+
+    monkeypatch.setattr(suite, "fine_tune", must_not_run)
+    again = run_suite([f"tiny={checkpoint}"], tasks, out, SMALL, scratch=True)
+    assert again.markdown() == table
+    with pytest.raises(SuiteError, match="other settings"):
+        run_suite([f"tiny={checkpoint}"], tasks, out, [*SMALL, "--seed_everything", "1"])
+
+
+def test_an_interrupted_suite_runs_only_what_is_missing(tmp_path, checkpoint, monkeypatch):
+    tasks = [str(write_task(tmp_path / "a", "first")), str(write_task(tmp_path / "b", "second"))]
+    real, ran = suite.fine_tune, []
+
+    def interrupted_on_second(column, task, out, overrides):
+        if Path(task).stem == "second":
+            raise KeyboardInterrupt
+        ran.append(Path(task).stem)
+        return real(column, task, out, overrides)
+
+    monkeypatch.setattr(suite, "fine_tune", interrupted_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite([str(checkpoint)], tasks, tmp_path / "out", SMALL)
+    assert [r["task"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]] == ["first"]
+    monkeypatch.setattr(suite, "fine_tune", lambda column, task, out, overrides: (
+        ran.append(Path(task).stem), real(column, task, out, overrides))[1])
+    results = run_suite([str(checkpoint)], tasks, tmp_path / "out", SMALL)
+    assert ran == ["first", "second"] and set(results.done["tiny-bert"]) == {"first", "second"}
+
+
+def test_python_m_lit_lm_glue_runs_the_suite_and_prints_the_table(tmp_path, checkpoint):
+    task = write_task(tmp_path / "task", "bright")
+    command = [sys.executable, "-m", "lit_lm.glue", "--checkpoint", str(checkpoint), "--tasks", str(task),
+               "--out", str(tmp_path / "out"), "--", *SMALL]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| bright | accuracy |" in done.stdout and (tmp_path / "out" / "results.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "lit_lm.glue", "--checkpoint", str(checkpoint), "--tasks", "nope",
+                          "--out", str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no recipe for 'nope'" in bad.stderr and "sst2" in bad.stderr
+    assert "Traceback" not in bad.stderr
