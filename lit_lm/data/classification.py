@@ -14,10 +14,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from lit_lm.data.labelled import BadRows, Column, LabelledFileError, LabelledRows, Task, read_labelled
+from lit_lm.data.labelled import BadRows, LabelledFileError, LabelledRows, Task, read_labelled
 from lit_lm.data.tokenizer import SpecialTokens
 
 Metric = Literal["auto", "accuracy", "f1_accuracy", "matthews", "pearson_spearman"]
@@ -189,7 +189,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def encoded(self, split: Literal["train", "val"]) -> "EncodedRows":
         """A split's rows tokenized (once per attached tokenizer)."""
         if self.tokenizer is None:
-            raise LabelledFileError("data: no tokenizer; call attach(tokenizer, ...) or set the module up in a Trainer.")
+            raise LabelledFileError("data: no tokenizer yet; call attach(tokenizer, ...), or fit in a Trainer.")
         if split not in self._encoded:
             rows = self.train_rows.head(self.max_train_rows) if split == "train" else self.val_rows
             self._encoded[split] = encode_rows(rows, self.tokenizer, self.causal, self.length_limit)

@@ -6,6 +6,7 @@ byte-order mark. Malformed rows are counted per reason and skipped, or refused a
 chooses; they are never silently dropped: ``rows_read == len(labels) + sum(skipped.values())``.
 """
 
+import codecs
 import csv
 import io
 import math
@@ -113,8 +114,8 @@ def read_labelled(
         label_names: Class names in id order; the label column then holds these strings. None: integer labels are
             kept as they are, string labels get the ids of their sorted set of names.
         bad_rows: skip: count malformed rows per reason and skip them; error: stop at the first one.
-        integer_labels: Classification without label_names: whether labels must be integers (True), strings (False),
-            or whichever most rows hold (None; the rest are then unparsable).
+        integer_labels: Classification without label_names: whether labels must be integers (True) or are names
+            (False); None: integers when most labels are numbers (the other rows are then bad), names otherwise.
         num_classes: Integer labels at or above this are unknown (a validation file checked against training's).
 
     Bytes that are not UTF-8: with bad_rows "error" the file is refused naming the byte offset and line; with "skip"
@@ -205,8 +206,8 @@ def _label_parser(task: Task, names: list[str] | None, labels: list[str], intege
     if names is not None:
         ids = {name: i for i, name in enumerate(names)}
         return (lambda s: ids.get(s, UNKNOWN_LABEL if s else UNPARSABLE_LABEL)), names
-    if integer_labels is None:  # whichever most rows hold
-        integer_labels = 2 * sum(isinstance(_int(s), int) for s in labels) >= len(labels)
+    if integer_labels is None:  # integers when most labels are numbers (-1 and 0.5 are then bad integer labels)
+        integer_labels = 2 * sum(isinstance(_float(s), float) for s in labels) >= len(labels)
     if integer_labels:
         return (lambda s: _int(s, num_classes)), None
     ids = {name: i for i, name in enumerate(sorted({s for s in labels if s}))}
@@ -254,9 +255,10 @@ def _decode(path: Path, bad_rows: BadRows) -> tuple[str, bool]:
         return data.decode("utf-8-sig"), False
     except UnicodeDecodeError as err:
         if bad_rows == "error":
-            line = data.count(b"\n", 0, err.start) + 1
+            offset = err.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+            line = data.count(b"\n", 0, offset) + 1
             raise LabelledFileError(
-                f"{path}: line {line}: byte {err.start} ({data[err.start:err.start + 1]!r}) is not UTF-8; convert the "
+                f"{path}: line {line}: byte {offset} ({data[offset:offset + 1]!r}) is not UTF-8; convert the "
                 f"file to UTF-8 (e.g. iconv -f latin1 -t utf-8), or set data.bad_rows skip to skip such rows."
             ) from err
         return data.decode("utf-8-sig", errors="surrogateescape"), True
