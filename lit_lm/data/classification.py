@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from lit_lm.data.labelled import BadRows, LabelledFileError, LabelledRows, Task, read_labelled
+from lit_lm.data.labelled import BadRows, LabelledFileError, LabelledRows, Task, check_delimiter, read_labelled
 from lit_lm.data.tokenizer import SpecialTokens
 
 Metric = Literal["auto", "accuracy", "f1_accuracy", "matthews", "pearson_spearman"]
@@ -37,7 +37,8 @@ class ClassificationDataModule(L.LightningDataModule):
         label_column: The label column: a header name or a 0-based index.
         header: Whether the files' first line names the columns. Without one, the column count expected is the one
             most rows have.
-        delimiter: The column separator; None: a tab for .tsv, a comma for .csv, otherwise guessed from the first line.
+        delimiter: The column separator, one character (\\t or tab for a tab); None: a tab for .tsv, a comma for .csv,
+            otherwise guessed from the first line.
         task: classification (integer or string labels) or regression (float labels, e.g. STS-B).
         labels: The label names in id order, when the label column holds strings. None: integer labels are used as
             they are; string labels get the ids of the train file's sorted label names.
@@ -89,6 +90,7 @@ class ClassificationDataModule(L.LightningDataModule):
                                     "data.num_workers >= 0.")
         if max_train_rows is not None and max_train_rows < 1:
             raise LabelledFileError(f"data.max_train_rows must be >= 1 or null, got {max_train_rows}.")
+        delimiter = check_delimiter(delimiter)
         if bad_rows not in ("skip", "error"):
             raise LabelledFileError(f"data.bad_rows must be skip or error, got {bad_rows!r}.")
         self.train_file, self.val_file = train_file, val_file
@@ -171,7 +173,7 @@ class ClassificationDataModule(L.LightningDataModule):
             config = getattr(module, "config", None)
             self.attach(tokenizer, bool(getattr(module, "causal", False)),
                         getattr(config, "max_sequence_length", None))
-        self._check_model_labels(getattr(module, "num_labels", None))
+        self._check_model_labels(_model_labels(module))
         for split in ("train", "val") if stage == "fit" else ("val",):
             _ = self.encoded(split)
 
@@ -313,6 +315,15 @@ def _encode_for_decoder(rows: LabelledRows, tokenizer: Tokenizer, max_length: in
         keep_a, keep_b = _longest_first(len(a), len(b), max_length - 2)
         out.append(a[:keep_a] + [eos] + b[:keep_b] + [eos])
     return out
+
+
+def _model_labels(module: L.LightningModule | None) -> int | None:
+    """The model's num_labels: an attribute, its classifier's, or a hyperparameter; None when it has none."""
+    for owner in (module, getattr(module, "model", None)):
+        if isinstance(getattr(owner, "num_labels", None), int):
+            return owner.num_labels
+    labels = getattr(module, "hparams", {}).get("num_labels")
+    return labels if isinstance(labels, int) else None
 
 
 def _plain_copy(tokenizer: Tokenizer) -> Tokenizer:

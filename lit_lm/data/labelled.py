@@ -108,8 +108,9 @@ def read_labelled(
             from the last column, as in Python).
         label_column: The column holding the label, by header name or index.
         header: Whether the first line names the columns (it is not a row).
-        delimiter: None: a tab for .tsv, a comma for .csv, otherwise whichever of tab, comma, semicolon or bar the
-            first line holds most of. Tab-separated files are split on tabs only (no quoting, as GLUE's are).
+        delimiter: One character (\\t or 'tab' for a tab); None: a tab for .tsv, a comma for .csv, otherwise whichever
+            of tab, comma, semicolon or bar the first line holds most of. Tab-separated files are split on tabs only
+            (no quoting, as GLUE's are).
         task: classification (integer or string labels) or regression (float labels).
         label_names: Class names in id order; the label column then holds these strings. None: integer labels are
             kept as they are, string labels get the ids of their sorted set of names.
@@ -129,6 +130,7 @@ def read_labelled(
                                 f"got {task!r} and {bad_rows!r}.")
     if label_names is not None and (len(label_names) < 1 or len(set(label_names)) != len(label_names)):
         raise LabelledFileError(f"data.labels: give distinct label names in id order, got {label_names!r}.")
+    delimiter = check_delimiter(delimiter)
     text, undecodable = _decode(path, bad_rows)
     delimiter = delimiter or _guess_delimiter(path, text)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -262,6 +264,14 @@ def _decode(path: Path, bad_rows: BadRows) -> tuple[str, bool]:
                 f"file to UTF-8 (e.g. iconv -f latin1 -t utf-8), or set data.bad_rows skip to skip such rows."
             ) from err
         return data.decode("utf-8-sig", errors="surrogateescape"), True
+
+
+def check_delimiter(delimiter: str | None) -> str | None:
+    """One character; the two characters \\t and the word 'tab' (easier to type on a command line) mean a tab."""
+    delimiter = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in "\r\n"):
+        raise LabelledFileError(f"data.delimiter must be one character (or \\t / tab), got {delimiter!r}.")
+    return delimiter
 
 
 def _guess_delimiter(path: Path, text: str) -> str:

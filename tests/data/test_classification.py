@@ -30,9 +30,8 @@ def write_task(folder: Path, rows: int = 40, pairs: bool = False, labels=(0, 1),
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     head = "sentence1\tsentence2\tlabel" if pairs else "sentence1\tlabel"
-    lines = [head] + [
-        "\t".join([sentence(rng)] + ([sentence(rng) + " " + sentence(rng)] if pairs else []) + [str(labels[i % len(labels)])])
-        for i in range(rows)]
+    texts = [[sentence(rng)] + ([sentence(rng) + " " + sentence(rng)] if pairs else []) for _ in range(rows)]
+    lines = [head] + ["\t".join(t + [str(labels[i % len(labels)])]) for i, t in enumerate(texts)]
     path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -75,9 +74,10 @@ def test_validation_labels_must_be_trains(tmp_path):
     assert dm.num_labels == 2 and len(dm.val_rows) == 8
     assert dm.val_rows.skipped == {"unknown label": 4} and dm.val_rows.first_bad == {"unknown label": 4}
     dm = module(tmp_path / "s", labels=("a", "b"), val_labels=("a", "c"))
-    assert len(dm.val_rows) == 6 and dm.val_rows.skipped == {"unknown label": 6} and dm.val_rows.label_names == ["a", "b"]
+    assert len(dm.val_rows) == 6 and dm.val_rows.skipped == {"unknown label": 6}
+    assert dm.val_rows.label_names == ["a", "b"]
     dm = module(tmp_path / "e", labels=("a", "b"), val_labels=("a", "c"), bad_rows="error")
-    with pytest.raises(LabelledFileError, match=r"val.tsv: line 3: unknown label: label 'c' is not one of \['a', 'b'\]"):
+    with pytest.raises(LabelledFileError, match=r"val.tsv: line 3: unknown label: label 'c' is not one of \['a', 'b'"):
         _ = dm.val_rows
     dm = module(tmp_path / "t", labels=(0, 1), val_labels=("a", "b"))  # integer train labels, string validation
     with pytest.raises(LabelledFileError, match="val.tsv.*no usable rows"):
@@ -228,6 +228,13 @@ def test_setup_refuses_a_model_without_tokenizer_or_with_too_few_labels(tokenize
         fit(StubClassifier(None), module(tmp_path))
     with pytest.raises(LabelledFileError, match="label id 2 .* model.init_args.num_labels 2; set it to 3"):
         fit(StubClassifier(tokenizers["bert"], num_labels=2), module(tmp_path / "3", labels=(0, 1, 2)))
+    model = StubClassifier(tokenizers["bert"], num_labels=2)  # num_labels only as a hyperparameter
+    del model.num_labels
+    model.save_hyperparameters({"num_labels": 2})
+    with pytest.raises(LabelledFileError, match="set it to 3"):
+        fit(model, module(tmp_path / "h", labels=(0, 1, 2)))
+    with pytest.raises(LabelledFileError, match="regression task needs 1"):
+        fit(StubClassifier(tokenizers["bert"]), module(tmp_path / "r", labels=(0.5, 1), task="regression"))
 
 
 def test_decoder_needs_an_end_of_text_token(tokenizers, tmp_path):

@@ -57,10 +57,16 @@ def test_delimiter_guessed_from_the_first_line_or_given(tmp_path):
     assert read_labelled(path, [0], 1, delimiter="|").labels == [3]
     with pytest.raises(LabelledFileError, match="data.delimiter"):
         read_labelled(write(tmp_path, "one.txt", "nothing to split\n"), [0], 1, header=False)
+    path = write(tmp_path, "tabs.txt", "a,b\tc\t1\n")  # from a command line, \t and tab mean a tab
+    assert read_labelled(path, [0], 2, header=False, delimiter="\\t").texts == [("a,b",)]
+    assert read_labelled(path, [1], 2, header=False, delimiter="tab").texts == [("c",)]
+    with pytest.raises(LabelledFileError, match="data.delimiter must be one character"):
+        read_labelled(path, [0], 1, delimiter=";;")
 
 
 def test_string_labels_take_sorted_ids_or_the_given_order(tmp_path):
-    path = write(tmp_path, "nli.tsv", "p\th\tlabel\na\tb\tneutral\nc\td\tentailment\ne\tf\tcontradiction\ng\th\tneutral\n")
+    text = "p\th\tlabel\na\tb\tneutral\nc\td\tentailment\ne\tf\tcontradiction\ng\th\tneutral\n"
+    path = write(tmp_path, "nli.tsv", text)
     rows = consistent(read_labelled(path, ["p", "h"], "label"))
     assert rows.label_names == ["contradiction", "entailment", "neutral"] and rows.labels == [2, 1, 0, 2]
     rows = consistent(read_labelled(path, ["p", "h"], "label", label_names=["entailment", "neutral", "contradiction"]))
