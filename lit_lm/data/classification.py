@@ -13,7 +13,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
@@ -266,6 +266,9 @@ def encode_rows(rows: LabelledRows, tokenizer: Tokenizer, causal: bool, max_leng
     if causal:
         ids = _encode_for_decoder(rows, plain, max_length, pairs, SpecialTokens.from_tokenizer(tokenizer).eos)
         return EncodedRows(ids, [[0] * len(row) for row in ids], rows.labels, regression)  # GPT-2 has no segments
+    if pairs and plain.num_special_tokens_to_add(True) == 0:
+        rank_zero_warn("data: this tokenizer adds no separator between the two texts of a pair (it has no "
+                       "post-processor); an encoder then sees them run together. Use the checkpoint's own tokenizer.")
     # The tokenizers library's own truncation builds every overflowing piece (for pairs, every combination of
     # them): slow on long texts. Encode whole, then drop each text's tail tokens the way its longest_first would.
     ids, types = [], []

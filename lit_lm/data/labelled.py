@@ -179,7 +179,7 @@ def read_labelled(
     good = LabelledRows(path, texts, labels, label_names, rows.read, dict(rows.skipped), dict(rows.first_bad), blank)
     if not good.labels:
         raise LabelledFileError(f"{good.summary()}: no usable rows; check data.text_columns, data.label_column, "
-                                f"data.header and data.delimiter.")
+                                f"data.header, data.delimiter, data.task and data.labels.")
     return good
 
 

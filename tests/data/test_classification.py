@@ -112,6 +112,13 @@ def test_roberta_pairs_have_double_separator(tokenizers, tmp_path):
     assert ids.tolist() == [s, *a, e, e, *b, e] and not types.any()
 
 
+def test_pairs_for_an_encoder_without_separators_are_warned_about(tokenizers, tmp_path):
+    rows = read_labelled(write_task(tmp_path, rows=2, pairs=True), [0, 1], 2)
+    with pytest.warns(UserWarning, match="adds no separator"):
+        ids, _, _ = encode_rows(rows, tokenizers["gpt"], causal=False, max_length=128)[0]
+    assert ids.tolist() == tokenizers["gpt"].encode(*rows.texts[0]).ids
+
+
 def test_decoder_examples_end_with_end_of_text(tokenizers, tmp_path):
     tok = tokenizers["gpt"]
     eos = tok.token_to_id("<|endoftext|>")
