@@ -4,7 +4,7 @@ and its tokenizer; folders written from one go into place atomically.
     from lit_lm.checkpoint import Checkpoint, load_model
     model = load_model("runs/quickstart-decoder")  # the newest last*.ckpt under the run folder, in eval mode
     checkpoint = Checkpoint.read("runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt")
-    model, tokenizer = checkpoint.model(), checkpoint.tokenizer()  # causal-LM runs keep their tokenizer
+    model, tokenizer = checkpoint.model(), checkpoint.tokenizer()  # runs keep their tokenizer
     decoder, tokenizer = load_causal_lm("runs/quickstart-decoder")  # the same, checked to be a causal LM
 
 A path that is not a lit-lm checkpoint (missing, truncated, another program's file) is one ``CheckpointError``
@@ -98,11 +98,12 @@ class Checkpoint:
         return model.eval()
 
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer the run trained with, which causal-LM checkpoints keep."""
+        """The tokenizer the run trained with, which checkpoints keep (masked-LM ones since fine-tuning came)."""
         if "tokenizer" not in self.contents:
-            raise CheckpointError(f"{self.path} holds no tokenizer (causal-LM runs keep theirs); pass the one the run "
-                                  f"used (--tokenizer): its data store folder, printed as 'data: built/reusing "
-                                  f"<folder>' when training starts, or the data.tokenizer.path it was given.")
+            raise CheckpointError(f"{self.path} holds no tokenizer (older masked-LM runs kept none); pass the one the "
+                                  f"run used (--tokenizer; when fine-tuning, --model.init_args.tokenizer): its data "
+                                  f"store folder, printed as 'data: built/reusing <folder>' when training starts, or "
+                                  f"the data.tokenizer.path it was given.")
         return Tokenizer.from_str(self.contents["tokenizer"])
 
 
