@@ -1,6 +1,7 @@
 """Sequence classification and regression fine-tuning (GLUE-style) as a LightningModule."""
 
 import contextvars
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +30,12 @@ class TaskMetric:
     """What ``fits`` asks, for the error message."""
 
 
+def _spearman() -> SpearmanCorrCoef:
+    with warnings.catch_warnings():  # it keeps every prediction: a few thousand for a GLUE dev set, no burden
+        warnings.filterwarnings("ignore", message=".*will save all targets and predictions")
+        return SpearmanCorrCoef()
+
+
 # The metrics as GLUE defines them (Wang et al. 2018); val/score is their mean.
 METRICS: dict[str, TaskMetric] = {
     "accuracy": TaskMetric(  # SST-2, RTE, QNLI, MNLI
@@ -39,7 +46,7 @@ METRICS: dict[str, TaskMetric] = {
     "matthews": TaskMetric(  # CoLA
         {"matthews": lambda n: MulticlassMatthewsCorrCoef(num_classes=n)}, lambda n: n >= 2, "at least 2"),
     "pearson_spearman": TaskMetric(  # STS-B: a regression
-        {"pearson": lambda n: PearsonCorrCoef(), "spearman": lambda n: SpearmanCorrCoef()}, lambda n: n == 1,
+        {"pearson": lambda n: PearsonCorrCoef(), "spearman": lambda n: _spearman()}, lambda n: n == 1,
         "exactly 1 (a regression)"),
 }
 
@@ -154,6 +161,7 @@ class SequenceClassificationModule(PretrainingModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """The fine-tuned module of a checkpoint, with its tokenizer; the pretrained source is not needed."""
+        kwargs.setdefault("weights_only", False)  # the hyperparameters hold Python objects; this is the user's own run
         with _restoring_from_checkpoint():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
@@ -186,8 +194,9 @@ class SequenceClassificationModule(PretrainingModule):
         for name, value in scores.items():
             self.log(f"val/{name}", value)
         self.log("val/score", torch.stack(list(scores.values())).mean(), prog_bar=True)  # GLUE: the metrics' mean
-        self.val_loss.reset()
-        self.val_metrics.reset()
+        with torch.inference_mode(False):  # fresh states that a later fit may update (after trainer.validate)
+            self.val_loss.reset()
+            self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
