@@ -88,6 +88,10 @@ class Checkpoint:
 
     def model(self) -> EncoderForMaskedLM | DecoderForCausalLM:
         """The trained model, in eval mode."""
+        if "num_labels" in self.contents["hyper_parameters"]:
+            raise CheckpointError(f"{self.path} is a fine-tuned classifier's checkpoint, not a language model's: "
+                                  f"load it with lit_lm.modules.SequenceClassificationModule.load_from_checkpoint, "
+                                  f"or start from the pretrained (masked-LM or causal-LM) run's checkpoint.")
         model = (DecoderForCausalLM if self.causal else EncoderForMaskedLM)(self.config)
         state = {k.removeprefix("model."): v for k, v in self.contents["state_dict"].items() if k.startswith("model.")}
         try:

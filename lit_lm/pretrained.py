@@ -64,9 +64,6 @@ def load_pretrained_source(path: str | Path) -> Pretrained:
 
 
 def _from_checkpoint(checkpoint: Checkpoint) -> Pretrained:
-    if "num_labels" in checkpoint.contents.get("hyper_parameters", {}):
-        raise PretrainedSourceError(f"{SETTING}: {checkpoint.path} is a fine-tuned classifier's checkpoint; start "
-                                    f"from the pretrained language model's (a masked-LM or causal-LM run).")
     try:
         model = checkpoint.model()
     except CheckpointError as err:

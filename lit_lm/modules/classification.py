@@ -169,15 +169,22 @@ class SequenceClassificationModule(PretrainingModule):
         return self.run_model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                               labels=labels)
 
-    def _run(self, batch: dict) -> ClassifierOutput:
-        return self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), batch["labels"])
+    def _run(self, batch: dict, check_labels: bool = True) -> ClassifierOutput:
+        labels = batch["labels"]
+        if check_labels and self.hparams.num_labels > 1 and len(labels) and \
+                (labels.min() < 0 or labels.max() >= self.hparams.num_labels):
+            raise ValueError(f"a batch has label {int(labels.min() if labels.min() < 0 else labels.max())} but "
+                             f"model.num_labels is {self.hparams.num_labels} (labels 0 .. "
+                             f"{self.hparams.num_labels - 1}); set model.num_labels to the data's number of classes.")
+        return self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """The predicted class of each row, or its score (regression)."""
         return logits[:, 0].float() if self.hparams.num_labels == 1 else logits.argmax(dim=-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(self._run(batch))
+        # labels checked on the first batch (and every validation batch): no device sync on every training step
+        return self.training_loss(self._run(batch, check_labels=batch_idx == 0))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._run(batch)

@@ -140,6 +140,8 @@ def test_forward_and_backward_on_a_tiny_config(tokenizer_file, bert_tokenizer):
     assert out.logits.shape == (4, 3) and out.loss.item() == pytest.approx(math.log(3), abs=0.3)
     out.loss.backward()
     assert all(p.grad is not None for p in module.model.parameters())
+    with pytest.raises(ValueError, match="a batch has label 3 but model.num_labels is 3 .*labels 0 .. 2"):
+        module._run({**batch, "labels": torch.tensor([0, 3, 1, 1])})
 
 
 def test_a_short_fit_learns_a_separable_task_and_reloads_alone_from_its_checkpoint(tmp_path, tokenizer_file):
