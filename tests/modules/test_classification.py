@@ -231,3 +231,46 @@ def test_settings_that_cannot_work_are_clear_errors(tmp_path, tokenizer_file, gp
         SequenceClassificationModule(init_from=str(small), tokenizer=str(gpt_file))
     with pytest.raises(ValueError, match="model.init_args.init_from: .* does not exist"):
         SequenceClassificationModule(init_from=str(tmp_path / "missing"))
+
+
+class TinyTextData(L.LightningDataModule):
+    """The least a pretraining run's data module offers: token rows and the tokenizer that made them."""
+
+    def __init__(self, tokenizer, rows: list[dict]) -> None:
+        super().__init__()
+        self.tokenizer, self.rows = tokenizer, rows
+
+    def train_dataloader(self):
+        return DataLoader(self.rows, batch_size=4)
+
+
+def test_a_masked_lm_run_s_own_checkpoint_starts_a_fine_tune_with_its_tokenizer(tmp_path, bert_tokenizer):
+    from lit_lm.modules import MaskedLMModule
+
+    torch.manual_seed(0)
+    mlm = MaskedLMModule(tiny(vocab_size=bert_tokenizer.get_vocab_size(), num_layers=1), seq_length=10,
+                         mask_token_id=bert_tokenizer.token_to_id("[MASK]"))
+    rows = [{"input_ids": row["input_ids"]} for row in separable_rows(8, 100, seed=0)]
+    run = trainer(max_steps=2)
+    run.fit(mlm, datamodule=TinyTextData(bert_tokenizer, rows))
+    run.save_checkpoint(tmp_path / "mlm.ckpt")
+    module = SequenceClassificationModule(init_from=str(tmp_path / "mlm.ckpt"))
+    assert module.tokenizer.to_str() == bert_tokenizer.to_str() and not module.causal
+    for name, value in mlm.model.body.state_dict().items():
+        assert torch.equal(module.model.body.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize(("metric", "num_labels"), [("matthews", 2), ("pearson_spearman", 1)])
+def test_fine_tuning_runs_under_mixed_precision(tokenizer_file, precision, metric, num_labels):
+    module = scratch(tokenizer_file, metric=metric, num_labels=num_labels, optimizer={"lr": 1e-3})
+    rows = separable_rows(16, 100, seed=0, regression=num_labels == 1)
+    from lit_lm.cli import Trainer  # installs lit_lm.precision.MixedPrecision: fp16 with a loss scale on CPU too
+
+    run = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, max_steps=2, precision=precision, num_sanity_val_steps=0,
+                  gradient_clip_val=1.0)
+    run.fit(module, DataLoader(rows, batch_size=8), DataLoader(rows, batch_size=8))
+    assert run.precision == precision
+    logged = run.callback_metrics
+    assert math.isfinite(logged["train/loss"].item()) and math.isfinite(logged["val/score"].item())
