@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -13,7 +14,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, PearsonCorrCoef, 
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
 
 from lit_lm.checkpoint import config_from_dict
-from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer
+from lit_lm.data.tokenizer import SpecialTokens, TokenizerError, load_tokenizer
 from lit_lm.models import TransformerConfig
 from lit_lm.models.classifier import ClassifierOutput, SequenceClassifier
 from lit_lm.modules.optim import OptimizerConfig
@@ -60,6 +61,29 @@ def _restoring_from_checkpoint():
         yield
     finally:
         _restoring.reset(token)
+
+
+def read_tokenizer(path: str) -> Tokenizer:
+    """``model.init_args.tokenizer``: a tokenizer.json or a folder holding one; one error naming the setting."""
+    file = Path(path).expanduser()
+    file = file / "tokenizer.json" if file.is_dir() else file
+    if not file.is_file():
+        raise TokenizerError(f"model.init_args.tokenizer: {str(path)!r} is neither a tokenizer.json nor a folder "
+                             f"holding one; pass the tokenizer the pretrained model was trained with (its data store "
+                             f"folder or tokenizer.json), or leave it unset to use init_from's own.")
+    try:
+        return load_tokenizer(file)
+    except TokenizerError as err:
+        raise TokenizerError(f"model.init_args.tokenizer: {str(err).split(': ', 1)[-1]}") from None
+
+
+def pad_token_id(tokenizer: Tokenizer) -> int:
+    """The id padding uses: [PAD] / <pad>, or a GPT tokenizer's end-of-text token."""
+    try:
+        return SpecialTokens.from_tokenizer(tokenizer).pad
+    except TokenizerError:
+        raise TokenizerError("model.init_args.tokenizer has none of [PAD], <pad> or <|endoftext|> to pad with; use a "
+                             "BERT, RoBERTa or GPT-2 style tokenizer.") from None
 
 
 class SequenceClassificationModule(PretrainingModule):
@@ -127,7 +151,7 @@ class SequenceClassificationModule(PretrainingModule):
 
             source = load_pretrained_source(init_from)
             config, causal = source.config, source.causal
-            loaded_tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else source.tokenizer
+            loaded_tokenizer = read_tokenizer(tokenizer) if tokenizer is not None else source.tokenizer
             if loaded_tokenizer is None:
                 raise ValueError(f"model.init_args.init_from: {source.source} holds no tokenizer; pass the one it was "
                                  f"trained with: --model.init_args.tokenizer <its tokenizer.json or data store "
@@ -136,14 +160,14 @@ class SequenceClassificationModule(PretrainingModule):
             if tokenizer is None:
                 raise ValueError("model.init_args.tokenizer is required without model.init_args.init_from (training "
                                  "from scratch): pass a tokenizer.json or a folder holding one.")
-            loaded_tokenizer = load_tokenizer(tokenizer)
+            loaded_tokenizer = read_tokenizer(tokenizer)
             config = replace(config, vocab_size=loaded_tokenizer.get_vocab_size(with_added_tokens=True),
-                             pad_token_id=SpecialTokens.from_tokenizer(loaded_tokenizer).pad)
+                             pad_token_id=pad_token_id(loaded_tokenizer))
         tokens = loaded_tokenizer.get_vocab_size(with_added_tokens=True) if loaded_tokenizer is not None else 0
         if tokens > config.vocab_size:
-            raise ValueError(f"model.init_args.tokenizer has {tokens} "
-                             f"tokens but the model's vocabulary {config.vocab_size}; pass the tokenizer init_from was "
-                             f"trained with (or leave model.init_args.tokenizer unset to use its own).")
+            which = "model.init_args.tokenizer" if tokenizer is not None else f"the tokenizer of {init_from}"
+            raise ValueError(f"{which} has {tokens} tokens but the model's vocabulary {config.vocab_size}; pass the "
+                             f"tokenizer init_from was trained with (model.init_args.tokenizer).")
         config = replace(config, dropout=dropout, attention_dropout=attention_dropout)  # the fine-tuning recipe's
         if pooling == "auto":
             pooling = "last" if causal else "first"

@@ -229,6 +229,11 @@ def test_settings_that_cannot_work_are_clear_errors(tmp_path, tokenizer_file, gp
     gpt_tokenizer.save(str(gpt_file))
     with pytest.raises(ValueError, match="tokenizer has 270 tokens but the model's vocabulary 50"):
         SequenceClassificationModule(init_from=str(small), tokenizer=str(gpt_file))
+    with pytest.raises(ValueError, match="model.init_args.tokenizer: '.*nothing.json' is neither a tokenizer.json"):
+        SequenceClassificationModule(config=tiny_config(), tokenizer=str(tmp_path / "nothing.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="model.init_args.tokenizer: .*bad.json' is not a valid tokenizer.json"):
+        SequenceClassificationModule(config=tiny_config(), tokenizer=str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="model.init_args.init_from: .* does not exist"):
         SequenceClassificationModule(init_from=str(tmp_path / "missing"))
 
