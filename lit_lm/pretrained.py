@@ -82,7 +82,12 @@ def _from_folder(folder: Path) -> Pretrained:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise PretrainedSourceError(f"{SETTING}: {folder / 'config.json'} is not a model config ({err}).") from None
     if model_type == MODEL_TYPE:
-        model, what = read_lit_lm_folder(folder), "lit-lm export"
+        try:
+            model, what = read_lit_lm_folder(folder), "lit-lm export"
+        except (OSError, KeyError, RuntimeError) as err:  # no weights, no lit_lm config, weights of another shape
+            reason = (str(err).strip() or repr(err)).splitlines()[0]
+            raise PretrainedSourceError(f"{SETTING}: cannot read the lit-lm export in {folder} ({reason}); "
+                                        f"export it again with `python -m lit_lm.hf export`.") from None
     elif model_type in HF_MODEL_TYPES:
         from lit_lm.hf.convert import from_hf, transformers_module
 

@@ -131,6 +131,11 @@ def test_what_cannot_be_started_from_is_one_error_naming_the_setting(tmp_path, b
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(PretrainedSourceError, match="init_from: .*t5 holds a 't5' model; pass"):
         load_pretrained_source(tmp_path / "t5")
+    export = save_pretrained(encoder(bert_tokenizer, **CUSTOM), tmp_path / "export", tokenizer=bert_tokenizer)
+    for weights in export.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(PretrainedSourceError, match="init_from: cannot read the lit-lm export .*no .*safetensors"):
+        load_pretrained_source(export)
     (tmp_path / "noise.ckpt").write_bytes(b"noise")
     with pytest.raises(PretrainedSourceError, match="init_from: .*noise.ckpt is not a readable checkpoint"):
         load_pretrained_source(tmp_path / "noise.ckpt")
