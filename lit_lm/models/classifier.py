@@ -105,13 +105,15 @@ class SequenceClassifier(nn.Module):
 
     def load_body(self, source: nn.Module | dict[str, torch.Tensor]) -> "SequenceClassifier":
         """Copy a pretrained body's weights: from a language model (``EncoderForMaskedLM`` / ``DecoderForCausalLM``),
-        a ``Transformer``, or a state dict (the body's own, or a whole language model's with ``encoder.`` /
-        ``decoder.`` names). Missing, unexpected or misshapen weights are one ``ValueError`` naming them."""
+        a ``Transformer``, or a state dict (the body's own, a whole language model's with ``encoder.`` /
+        ``decoder.`` names, or a Lightning checkpoint's with ``model.encoder.`` / ``model.decoder.`` names).
+        Missing, unexpected or misshapen weights are one ``ValueError`` naming them."""
         if isinstance(source, nn.Module):
             source = getattr(source, "body", source).state_dict()
-        prefix = f"{self.body_name}."
-        if any(name.startswith(prefix) for name in source):
-            source = {name.removeprefix(prefix): value for name, value in source.items() if name.startswith(prefix)}
+        for prefix in (f"{self.body_name}.", f"model.{self.body_name}."):  # a language model's, a Lightning module's
+            if any(name.startswith(prefix) for name in source):
+                source = {name.removeprefix(prefix): v for name, v in source.items() if name.startswith(prefix)}
+                break
         own = self.body.state_dict()
         missing = sorted(set(own) - set(source))
         unexpected = sorted(set(source) - set(own))

@@ -74,7 +74,8 @@ def test_load_body_copies_a_language_model_s_body(causal):
     classifier = SequenceClassifier(config, 2, causal)
     assert not torch.equal(classifier.body.token_embedding.weight, lm.body.token_embedding.weight)
     head_before = classifier.head.out.weight.clone()
-    for source in (lm, lm.state_dict(), lm.body.state_dict()):
+    lightning_state = {f"model.{name}": value for name, value in lm.state_dict().items()}
+    for source in (lm, lm.state_dict(), lm.body.state_dict(), lightning_state):
         classifier.load_body(source)
         for name, value in lm.body.state_dict().items():
             assert torch.equal(classifier.body.state_dict()[name], value), name
