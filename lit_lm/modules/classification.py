@@ -220,7 +220,8 @@ class SequenceClassificationModule(PretrainingModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count == 0:
             return
-        scores = {name: value.float() for name, value in self.val_metrics.compute().items()}
+        computed = self.val_metrics.compute()  # MetricCollection sorts its names; log them in GLUE's order
+        scores = {name: computed[name].float() for name in METRICS[self.hparams.metric].metrics}
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         for name, value in scores.items():
             self.log(f"val/{name}", value)

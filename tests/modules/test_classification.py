@@ -126,6 +126,8 @@ def test_validation_accumulates_the_whole_set_and_scores_the_metrics_mean(tokeni
     for name, value in whole.items():
         assert logged[f"val/{name}"] == pytest.approx(value, abs=1e-5), name
     assert logged["val/score"] == pytest.approx(sum(whole.values()) / len(whole), abs=1e-5)
+    names = [key.removeprefix("val/") for key in logged if key not in ("val/loss", "val/score")]
+    assert names == list(METRICS[metric].metrics)  # in GLUE's order: F1 before accuracy, Pearson before Spearman
     assert logged["val/loss"] == pytest.approx(out.loss.item(), abs=1e-5)
 
 
