@@ -4,7 +4,7 @@ and its tokenizer; folders written from one go into place atomically.
     from lit_lm.checkpoint import Checkpoint, load_model
     model = load_model("runs/quickstart-decoder")  # the newest last*.ckpt under the run folder, in eval mode
     checkpoint = Checkpoint.read("runs/quickstart-decoder/logs/version_0/checkpoints/last.ckpt")
-    model, tokenizer = checkpoint.model(), checkpoint.tokenizer()  # causal-LM runs keep their tokenizer
+    model, tokenizer = checkpoint.model(), checkpoint.tokenizer()  # runs keep their tokenizer
     decoder, tokenizer = load_causal_lm("runs/quickstart-decoder")  # the same, checked to be a causal LM
 
 A path that is not a lit-lm checkpoint (missing, truncated, another program's file) is one ``CheckpointError``
@@ -88,6 +88,10 @@ class Checkpoint:
 
     def model(self) -> EncoderForMaskedLM | DecoderForCausalLM:
         """The trained model, in eval mode."""
+        if "num_labels" in self.contents["hyper_parameters"]:
+            raise CheckpointError(f"{self.path} is a fine-tuned classifier's checkpoint, not a language model's: "
+                                  f"load it with lit_lm.modules.SequenceClassificationModule.load_from_checkpoint, "
+                                  f"or start from the pretrained (masked-LM or causal-LM) run's checkpoint.")
         model = (DecoderForCausalLM if self.causal else EncoderForMaskedLM)(self.config)
         state = {k.removeprefix("model."): v for k, v in self.contents["state_dict"].items() if k.startswith("model.")}
         try:
@@ -98,11 +102,12 @@ class Checkpoint:
         return model.eval()
 
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer the run trained with, which causal-LM checkpoints keep."""
+        """The tokenizer the run trained with, which checkpoints keep (masked-LM ones since fine-tuning came)."""
         if "tokenizer" not in self.contents:
-            raise CheckpointError(f"{self.path} holds no tokenizer (causal-LM runs keep theirs); pass the one the run "
-                                  f"used (--tokenizer): its data store folder, printed as 'data: built/reusing "
-                                  f"<folder>' when training starts, or the data.tokenizer.path it was given.")
+            raise CheckpointError(f"{self.path} holds no tokenizer (older masked-LM runs kept none); pass the one the "
+                                  f"run used (--tokenizer; when fine-tuning, --model.init_args.tokenizer): its data "
+                                  f"store folder, printed as 'data: built/reusing <folder>' when training starts, or "
+                                  f"the data.tokenizer.path it was given.")
         return Tokenizer.from_str(self.contents["tokenizer"])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lit_lm.checkpoint import Checkpoint, config_from_dict, write_atomically
 from lit_lm.hf.convert import from_hf, to_hf, transformers_module
-from lit_lm.hf.remote import MODEL_TYPE, write_model_code
+from lit_lm.hf.remote import CAUSAL_CLASS, MODEL_TYPE, write_model_code
 from lit_lm.hf.tokenizer import read_tokenizer, save_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerConfig
 
@@ -75,7 +75,7 @@ def load_pretrained(folder: str | Path, training_config: TransformerConfig | Non
     return adapted
 
 
-def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
+def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM | DecoderForCausalLM) -> dict:
     from safetensors.torch import load_file
 
     files = sorted(folder.glob("*.safetensors"))  # one file, or shards of a large model
@@ -83,9 +83,21 @@ def _read_lit_lm_weights(folder: Path, model: EncoderForMaskedLM) -> dict:
         raise FileNotFoundError(f"init_from: {folder} has no *.safetensors weights.")
     state = {k.removeprefix("model."): v for file in files for k, v in load_file(str(file)).items()}
     if model.config.tie_embeddings:  # saved once, under one of the two names
-        state.setdefault("head.decoder.weight", state.get("encoder.token_embedding.weight"))
-        state.setdefault("encoder.token_embedding.weight", state.get("head.decoder.weight"))
+        embedding = f"{'decoder' if isinstance(model, DecoderForCausalLM) else 'encoder'}.token_embedding.weight"
+        state.setdefault("head.decoder.weight", state.get(embedding))
+        state.setdefault(embedding, state.get("head.decoder.weight"))
     return state
+
+
+def read_lit_lm_folder(folder: str | Path) -> EncoderForMaskedLM | DecoderForCausalLM:
+    """The model of a folder lit-lm exported with its custom code (``model_type`` lit-lm), encoder or decoder, read
+    directly: its config.json and safetensors weights, no code executed."""
+    folder = Path(folder).expanduser()
+    hf_config = json.loads((folder / "config.json").read_text())
+    causal = CAUSAL_CLASS in (hf_config.get("architectures") or [])
+    model = (DecoderForCausalLM if causal else EncoderForMaskedLM)(config_from_dict(hf_config["lit_lm"]))
+    model.load_state_dict(_read_lit_lm_weights(folder, model))
+    return model
 
 
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, tokenizer=None, architecture: str = "auto",

@@ -1,8 +1,10 @@
-"""LightningModules: pretraining objectives wrapped around the pure-torch models."""
+"""LightningModules: pretraining objectives and fine-tuning wrapped around the pure-torch models."""
 
 from lit_lm.modules.causal_lm import CausalLMModule
+from lit_lm.modules.classification import METRICS, SequenceClassificationModule
 from lit_lm.modules.masked_lm import MaskedLMModule
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule
 
-__all__ = ["CausalLMModule", "MaskedLMModule", "OptimizerConfig", "PretrainingModule"]
+__all__ = ["CausalLMModule", "MaskedLMModule", "OptimizerConfig", "PretrainingModule", "SequenceClassificationModule",
+           "METRICS"]

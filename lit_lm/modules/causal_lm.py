@@ -92,14 +92,6 @@ class CausalLMModule(PretrainingModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the run's tokenizer in the checkpoint, so generation and evaluation need nothing else."""
-        super().on_save_checkpoint(checkpoint)
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None:
-            checkpoint["tokenizer"] = tokenizer.to_str()
-
     def training_flops(self, batch: dict) -> int:
         """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
         sequence, times the number of sequences), for MFU. Leaves the gradients as they were."""

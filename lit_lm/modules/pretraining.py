@@ -23,8 +23,8 @@ RESUMABLE_WITH_OTHER = ("optimizer", "compile")
 
 
 class PretrainingModule(L.LightningModule):
-    """Base of ``MaskedLMModule`` and ``CausalLMModule``; a subclass sets ``self.model`` and then calls
-    ``self._compile_if(compile)``."""
+    """Base of ``MaskedLMModule``, ``CausalLMModule`` and ``SequenceClassificationModule``; a subclass sets
+    ``self.model`` and then calls ``self._compile_if(compile)``."""
 
     config: TransformerConfig
     optimizer_config: OptimizerConfig
@@ -80,7 +80,21 @@ class PretrainingModule(L.LightningModule):
         return {**settings, "config": asdict(self.config)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the run settings (for resume checks) and the run's tokenizer, so generation, evaluation and
+        fine-tuning need nothing else."""
         checkpoint["run_settings"] = self.run_settings()
+        tokenizer = self.run_tokenizer()
+        if tokenizer is not None:
+            checkpoint["tokenizer"] = tokenizer.to_str()
+
+    def run_tokenizer(self):
+        """The run's ``tokenizers.Tokenizer``: the module's own (``self.tokenizer``, fine-tuning), else the data
+        module's (pretraining); None when neither has one."""
+        own = getattr(self, "tokenizer", None)
+        if own is not None:
+            return own
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "tokenizer", None)
 
     def resume_differences(self, checkpoint: dict) -> list[str]:
         """One line per model setting in which ``checkpoint`` was trained otherwise than this module would train."""
