@@ -7,9 +7,11 @@ so an interrupted suite resumes where it stopped: finished pairs are not run aga
 from its ``last.ckpt``.
 """
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from lit_lm.glue.results import Results, TaskResult
 
@@ -92,7 +94,8 @@ def fine_tune(column: Column, task: str, out: Path, overrides: list[str]) -> Tas
     if find_last_checkpoint([run_dir]) is not None:
         args += ["--ckpt_path", "last"]
     start = time.perf_counter()
-    cli = main(args)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads these words only, not the suite's own
+        cli = main(args)
     scores = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     metrics = {key.removeprefix("val/"): float(value) for key, value in scores.items()
                if key.startswith("val/") and key not in ("val/loss", "val/score")}
