@@ -103,7 +103,8 @@ def read_lit_lm_folder(folder: str | Path) -> EncoderForMaskedLM | DecoderForCau
 def export_checkpoint(checkpoint: str | Path, folder: str | Path, tokenizer=None, architecture: str = "auto",
                       overwrite: bool = False) -> Path:
     """A trained lit-lm checkpoint (a ``.ckpt`` file or a run folder) -> a HuggingFace folder with its tokenizer (see
-    ``save_pretrained``). Without ``tokenizer``, the one the checkpoint holds (causal-LM runs keep theirs)."""
+    ``save_pretrained``). Without ``tokenizer``, the one the checkpoint holds (runs keep theirs; masked-LM runs
+    before fine-tuning came kept none)."""
     read = Checkpoint.read(checkpoint)
     tokenizer = read.tokenizer() if tokenizer is None else tokenizer
     return save_pretrained(read.model(), folder, tokenizer, architecture, overwrite)
