@@ -23,9 +23,11 @@ from lightning.pytorch.plugins import _PLUGIN_INPUT
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_lm.callbacks.nonfinite import NonFiniteLossError
+from lit_lm.checkpoint import CheckpointError
 from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.precision import AUTO, auto_precision, precision_plugin
+from lit_lm.pretrained import PretrainedSourceError
 from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
 from lit_lm.runs import ResumeError, check_resume, find_last_checkpoint
 
@@ -212,7 +214,8 @@ class LitLMCLI(LightningCLI):
 
 
 # Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
-USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, RecipeError)
+USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, RecipeError, CheckpointError,
+               PretrainedSourceError)
 
 
 def main(args: list[str] | None = None) -> LitLMCLI:
@@ -236,6 +239,20 @@ def run(args: list[str] | None = None) -> None:
     """``python train.py``: ``main`` with a user's mistakes printed as one clear line and exit status 2."""
     try:
         main(args)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """``error`` or the error behind it that a user caused (``USER_ERRORS``); jsonargparse wraps what a model or
+    data class raises while it is built in a ValueError of its own."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, USER_ERRORS):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None

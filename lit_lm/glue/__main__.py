@@ -30,14 +30,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
-    from lit_lm.checkpoint import CheckpointError
-    from lit_lm.cli import USER_ERRORS
+    from lit_lm.cli import user_error
 
     try:
         results = run_suite(args.checkpoint, [t for t in args.tasks.split(",") if t], args.out, overrides,
                             args.scratch)
-    except (SuiteError, CheckpointError, *USER_ERRORS) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        cause = error if isinstance(error, SuiteError) else user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
     print(results.markdown(), end="")
 

@@ -144,21 +144,20 @@ class SequenceClassificationModule(PretrainingModule):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {rate}.")
         source, loaded_tokenizer = None, None
-        if _restoring.get():  # load_from_checkpoint: the saved config is resolved; the tokenizer comes with it
-            pass
-        elif init_from is not None:
+        restoring = _restoring.get()  # load_from_checkpoint: the saved config is resolved; the tokenizer comes with it
+        if init_from is not None and not restoring:
             from lit_lm.pretrained import load_pretrained_source
 
             source = load_pretrained_source(init_from)
             config, causal = source.config, source.causal
             loaded_tokenizer = read_tokenizer(tokenizer) if tokenizer is not None else source.tokenizer
             if loaded_tokenizer is None:
-                raise ValueError(f"model.init_args.init_from: {source.source} holds no tokenizer; pass the one it was "
+                raise TokenizerError(f"model.init_args.init_from: {source.source} holds no tokenizer; pass the one it was "
                                  f"trained with: --model.init_args.tokenizer <its tokenizer.json or data store "
                                  f"folder>.")
-        else:
+        elif not restoring:
             if tokenizer is None:
-                raise ValueError("model.init_args.tokenizer is required without model.init_args.init_from (training "
+                raise TokenizerError("model.init_args.tokenizer is required without model.init_args.init_from (training "
                                  "from scratch): pass a tokenizer.json or a folder holding one.")
             loaded_tokenizer = read_tokenizer(tokenizer)
             config = replace(config, vocab_size=loaded_tokenizer.get_vocab_size(with_added_tokens=True),
@@ -166,7 +165,7 @@ class SequenceClassificationModule(PretrainingModule):
         tokens = loaded_tokenizer.get_vocab_size(with_added_tokens=True) if loaded_tokenizer is not None else 0
         if tokens > config.vocab_size:
             which = "model.init_args.tokenizer" if tokenizer is not None else f"the tokenizer of {init_from}"
-            raise ValueError(f"{which} has {tokens} tokens but the model's vocabulary {config.vocab_size}; pass the "
+            raise TokenizerError(f"{which} has {tokens} tokens but the model's vocabulary {config.vocab_size}; pass the "
                              f"tokenizer init_from was trained with (model.init_args.tokenizer).")
         config = replace(config, dropout=dropout, attention_dropout=attention_dropout)  # the fine-tuning recipe's
         if pooling == "auto":

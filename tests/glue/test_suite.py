@@ -148,3 +148,14 @@ def test_python_m_lit_lm_glue_runs_the_suite_and_prints_the_table(tmp_path, chec
                           "--out", str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no recipe for 'nope'" in bad.stderr and "sst2" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, checkpoint):
+    recipe = write_task(tmp_path / "task", "bright")
+    base = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(recipe), *QUIET]
+    cases = {"model.init_args.init_from: ": ["--model.init_args.init_from", str(tmp_path / "nothing")],
+             "data.label_column": ["--model.init_args.init_from", str(checkpoint), "--data.label_column", "gold"]}
+    for message, args in cases.items():
+        done = subprocess.run([*base, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
