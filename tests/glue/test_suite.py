@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import lit_lm.cli
 import lit_lm.glue.suite as suite
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.glue import SuiteError, run_suite
 from lit_lm.models import EncoderForMaskedLM
-from tests.conftest import ROOT, sentence
+from tests.conftest import ROOT, InterruptAt, sentence
 from tests.models.helpers import tiny
 from tests.test_checkpoint import save_run_checkpoint
 
@@ -159,3 +160,26 @@ def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, check
         done = subprocess.run([*base, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
+
+
+def test_a_task_interrupted_mid_training_continues_from_its_last_checkpoint(tmp_path, checkpoint, monkeypatch):
+    task = str(write_task(tmp_path / "task", "bright"))
+    real_main = lit_lm.cli.main
+
+    def pressed_ctrl_c_at_step_5(args):
+        cli = lit_lm.cli.LitLMCLI(args=args[1:], run=False)  # args[0] is the subcommand, fit
+        cli.trainer.callbacks.append(InterruptAt(step=5))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+    monkeypatch.setattr(lit_lm.cli, "main", pressed_ctrl_c_at_step_5)
+    every_step = [*SMALL, "--trainer.log_every_n_steps", "1"]
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C, with a checkpoint
+        run_suite([str(checkpoint)], [task], tmp_path / "out", every_step)
+    assert not (tmp_path / "out" / "results.json").exists()
+    monkeypatch.setattr(lit_lm.cli, "main", real_main)
+    results = run_suite([str(checkpoint)], [task], tmp_path / "out", every_step)
+    assert results.get("tiny-bert", "bright").steps == 24
+    logs = tmp_path / "out" / "runs" / "tiny-bert" / "bright" / "logs"
+    resumed = [int(row["step"]) for row in csv.DictReader((logs / "version_1" / "metrics.csv").open())
+               if row.get("train/loss")]
+    assert len(set(resumed)) == 24 - 5 and min(resumed) > 5  # the resumed run trained only the steps left
