@@ -36,6 +36,25 @@ def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus")
 
 
+def tiny_tokenizer(kind: str, vocab_size: int):
+    """A tokenizer of ``kind`` trained on generated sentences, with its family's special tokens."""
+    from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
+
+    rng = random.Random(0)
+    return train_tokenizer([" ".join(sentence(rng) for _ in range(3)) for _ in range(120)],
+                           TokenizerConfig(kind=kind, vocab_size=vocab_size))
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    return tiny_tokenizer("wordpiece", 120)  # BERT's special tokens
+
+
+@pytest.fixture(scope="session")
+def gpt_tokenizer():
+    return tiny_tokenizer("byte_bpe", 280)  # GPT-2's end-of-text token
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test session caches prepared data in its own folder, never in ~/.cache."""

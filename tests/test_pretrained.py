@@ -1,19 +1,16 @@
 """Starting a fine-tune from any pretrained source: lit-lm checkpoints, lit_lm.hf exports, HuggingFace folders."""
 
 import json
-import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.hf import save_pretrained
 from lit_lm.hf.remote import CODE_FILE
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 from lit_lm.modules import MaskedLMModule
 from lit_lm.pretrained import PretrainedSourceError, load_pretrained_source
-from tests.conftest import sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 from tests.test_checkpoint import save_run_checkpoint
@@ -21,19 +18,6 @@ from tests.test_checkpoint import save_run_checkpoint
 CUSTOM = dict(norm="rmsnorm", bias=False, qkv_bias=False)  # no built-in HuggingFace class: exported as custom code
 
 
-def texts(n: int = 120) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(sentence(rng) for _ in range(3)) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer():
-    return train_tokenizer(texts(), TokenizerConfig(kind="wordpiece", vocab_size=120))
-
-
-@pytest.fixture(scope="module")
-def gpt_tokenizer():
-    return train_tokenizer(texts(), TokenizerConfig(kind="byte_bpe", vocab_size=280))
 
 
 def encoder(tokenizer, **switches) -> EncoderForMaskedLM:

@@ -1,7 +1,6 @@
 """SequenceClassificationModule: GLUE metrics, a short fit, pretrained starts, checkpoints that reload alone."""
 
 import math
-import random
 
 import lightning as L
 import numpy as np
@@ -9,11 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 from lit_lm.modules import METRICS, SequenceClassificationModule
 from lit_lm.runs import ResumeError
-from tests.conftest import sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 from tests.test_checkpoint import save_run_checkpoint
@@ -21,19 +18,6 @@ from tests.test_checkpoint import save_run_checkpoint
 DROPOUT_OFF = dict(dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0)
 
 
-def texts(n: int = 120) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(sentence(rng) for _ in range(3)) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer():
-    return train_tokenizer(texts(), TokenizerConfig(kind="wordpiece", vocab_size=100))
-
-
-@pytest.fixture(scope="module")
-def gpt_tokenizer():
-    return train_tokenizer(texts(), TokenizerConfig(kind="byte_bpe", vocab_size=270))
 
 
 @pytest.fixture
@@ -229,7 +213,7 @@ def test_settings_that_cannot_work_are_clear_errors(tmp_path, tokenizer_file, gp
         SequenceClassificationModule(init_from=str(small))
     gpt_file = tmp_path / "gpt.json"
     gpt_tokenizer.save(str(gpt_file))
-    with pytest.raises(ValueError, match="tokenizer has 270 tokens but the model's vocabulary 50"):
+    with pytest.raises(ValueError, match="tokenizer has 280 tokens but the model's vocabulary 50"):
         SequenceClassificationModule(init_from=str(small), tokenizer=str(gpt_file))
     with pytest.raises(ValueError, match="model.init_args.tokenizer: '.*nothing.json' is neither a tokenizer.json"):
         SequenceClassificationModule(config=tiny_config(), tokenizer=str(tmp_path / "nothing.json"))
