@@ -12,12 +12,14 @@ import pytest
 import torch
 
 import lit_lm.cli
+import lit_lm.modules
 import lit_lm.glue.suite as suite
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.glue import SuiteError, run_suite
-from lit_lm.models import EncoderForMaskedLM
+from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 from tests.conftest import ROOT, InterruptAt, sentence
 from tests.models.helpers import tiny
+from tests.models.test_decoder import GPT2
 from tests.test_checkpoint import save_run_checkpoint
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -183,3 +185,18 @@ def test_a_task_interrupted_mid_training_continues_from_its_last_checkpoint(tmp_
     resumed = [int(row["step"]) for row in csv.DictReader((logs / "version_1" / "metrics.csv").open())
                if row.get("train/loss")]
     assert len(set(resumed)) == 24 - 5 and min(resumed) > 5  # the resumed run trained only the steps left
+
+
+def test_an_encoder_and_a_decoder_side_by_side_one_column_each(tmp_path, checkpoint, gpt_tokenizer):
+    torch.manual_seed(0)
+    decoder = DecoderForCausalLM(tiny(**GPT2, vocab_size=gpt_tokenizer.get_vocab_size(), max_position_embeddings=64))
+    gpt = save_run_checkpoint(tmp_path / "tiny-gpt" / "logs" / "version_0" / "checkpoints" / "last.ckpt", decoder,
+                              gpt_tokenizer)
+    task = str(write_task(tmp_path / "task", "bright"))
+    one_epoch = [*QUIET, "--trainer.max_epochs", "1"]
+    results = run_suite([f"bert={checkpoint}", f"gpt={gpt}"], [task], tmp_path / "out", one_epoch)
+    assert results.columns == ["bert", "gpt"]
+    assert "| task | metric | bert | gpt |" in (tmp_path / "out" / "results.md").read_text()
+    fine_tuned = lit_lm.modules.SequenceClassificationModule.load_from_checkpoint(
+        next((tmp_path / "out" / "runs" / "gpt" / "bright").rglob("last.ckpt")))
+    assert fine_tuned.causal and fine_tuned.model.pooling == "last"  # a decoder pools its last real token
