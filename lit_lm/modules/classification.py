@@ -170,7 +170,8 @@ class SequenceClassificationModule(PretrainingModule):
         config = replace(config, dropout=dropout, attention_dropout=attention_dropout)  # the fine-tuning recipe's
         if pooling == "auto":
             pooling = "last" if causal else "first"
-        self.save_hyperparameters(ignore=["init_from"])  # the resolved config: a checkpoint reloads without the source
+        # the resolved config: a checkpoint reloads without the source
+        self.save_resolved_hyperparameters(ignore=["init_from"], config=config, causal=causal, pooling=pooling)
         self.config, self.causal, self.optimizer_config = config, causal, optimizer
         self.tokenizer: Tokenizer | None = loaded_tokenizer
         self.model = SequenceClassifier(config, num_labels, causal, pooling, classifier_dropout)

@@ -79,7 +79,7 @@ class MaskedLMModule(PretrainingModule):
                 f"special token ids {special} / mask id {mask_token_id} fall outside the vocabulary of "
                 f"{config.vocab_size}; the tokenizer and model.config.vocab_size disagree."
             )
-        self.save_hyperparameters(ignore=["init_from"])  # the resolved config: a checkpoint reloads without the folder
+        self.save_resolved_hyperparameters(ignore=["init_from"], config=config)  # reloads without the folder
         self.config = config
         self.optimizer_config = optimizer
         self.model = pretrained if pretrained is not None else EncoderForMaskedLM(config)

@@ -3,7 +3,7 @@ mixture-of-experts term, AdamW with decay groups, a clear checkpoint check, and 
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 
 import lightning as L
 import torch
@@ -29,6 +29,13 @@ class PretrainingModule(L.LightningModule):
     config: TransformerConfig
     optimizer_config: OptimizerConfig
     model: torch.nn.Module
+
+    def save_resolved_hyperparameters(self, ignore: list[str] | None = None, **resolved) -> None:
+        """``save_hyperparameters``, then the values ``__init__`` resolved (the config read from a pretrained
+        source, ...) over the given ones: under LightningCLI Lightning saves the arguments as the command line gave
+        them, so a checkpoint would otherwise rebuild the recipe's architecture instead of the one that trained."""
+        self.save_hyperparameters(ignore=ignore, frame=inspect.currentframe().f_back)
+        self.hparams.update({key: asdict(value) if is_dataclass(value) else value for key, value in resolved.items()})
 
     def _compile_if(self, compile: bool) -> None:
         # a compiled function, not a module attribute: the state dict and checkpoints stay those of the plain model

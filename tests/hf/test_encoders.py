@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from lit_lm.checkpoint import Checkpoint
 from lit_lm.hf import UnsupportedConfig, from_hf, load_pretrained, save_pretrained, to_hf
 from lit_lm.hf.__main__ import main as hf_main
 from lit_lm.hf.families import family_for
@@ -208,8 +209,11 @@ def test_trained_checkpoint_exports_and_pretraining_restarts_from_the_export(cor
     monkeypatch.chdir(tmp_path / "again")
     again = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *tiny, "--trainer.max_steps", "1",
                   "--model.init_args.init_from", str(tmp_path / "export"),
-                  "--data.init_args.tokenizer.path", str(tmp_path / "export")])
+                  "--data.init_args.tokenizer.path", str(tmp_path / "export"),
+                  "--model.init_args.config.num_layers", "3"])  # the export's architecture wins over the recipe's
     assert again.model.config.num_layers == 1 and again.model.config.sparse_prediction_rate == 0.25
+    saved = Checkpoint.read(tmp_path / "again" / "runs" / "quickstart")  # what it saved is what it trained
+    assert saved.config.num_layers == 1 and saved.model().config.num_layers == 1
     started = MaskedLMModule(again.model.config, init_from=str(tmp_path / "export"), seq_length=32,
                              special_token_ids=again.model.hparams.special_token_ids).model
     for name, value in started.state_dict().items():
