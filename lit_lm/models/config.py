@@ -11,6 +11,7 @@ PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu
 PositionEmbedding = Literal["learned", "none"]
 RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
+AttentionProbs = Literal["softmax", "relu", "sigmoid"]
 
 CONFIG_CHECKS: list[Callable[["TransformerConfig"], None]] = []
 """Checks every ``TransformerConfig`` runs after its own: a layer package validates the settings it owns here
@@ -98,6 +99,9 @@ class TransformerConfig:
     'silu', or a gated one: 'geglu', 'swiglu', 'reglu' (Shazeer 2020)."""
     talking_heads: bool = False
     """Mix attention logits and weights across heads with learned matrices (Shazeer et al. 2020)."""
+    attention_probs: AttentionProbs = "softmax"
+    """What turns attention scores into weights: 'softmax', or an unnormalised element-wise 'relu' or 'sigmoid' of
+    each score (the essay: "replacing the softmax never works"); masked keys weigh exactly 0 either way."""
     qkv_conv_kernel_size: int = 0
     """Depthwise convolution over the sequence after the Q/K/V projections (Primer, So et al. 2021: 3); 0 disables."""
     moe_experts: int = 0

@@ -1,0 +1,166 @@
+"""Issue 14, part A: softmax replacements, ScaleNorm, more activations, sinusoidal positions and ALiBi.
+
+Each switch changes what it should and nothing else, keeps padding out of real positions, keeps decoders causal and
+their KV-cache decoding equal to full forwards, exports as custom code with equal logits, and trains for a few steps
+through the CLI on the quickstart recipe.
+"""
+
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_lm.hf import save_pretrained
+from lit_lm.hf.remote import CODE_FILE
+from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerConfig
+from lit_lm.models.layers import AttentionInputs, SelfAttention
+from tests.models import test_decoder as decoder_tests
+from tests.models import test_switches as encoder_tests
+from tests.models.helpers import padded, tiny
+
+# one entry per switch value (beside the default): the config lines that turn it on
+SWITCHES = {
+    "attention-probs-relu": dict(attention_probs="relu"),
+    "attention-probs-sigmoid": dict(attention_probs="sigmoid"),
+}
+DEFAULTS = {"attention_probs": "softmax"}  # today's behaviour, which every switch keeps by default
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+# ---- every switch: defaults, padding, causality, KV cache, training ----
+@pytest.mark.parametrize("field, default", DEFAULTS.items())
+def test_every_switch_defaults_to_todays_behaviour(field, default):
+    assert getattr(TransformerConfig(), field) == default
+
+
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+def test_encoder_padding_never_changes_real_positions(switches):
+    encoder_tests.test_padding_never_changes_real_positions(switches)
+
+
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+def test_encoder_and_decoder_train_every_parameter(switches):
+    encoder_tests.test_every_switch_trains_every_parameter(switches)
+    decoder_tests.test_every_switch_trains_every_parameter(switches)
+
+
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+def test_decoder_is_causal_and_decodes_with_a_kv_cache_like_full_forwards(switches):
+    decoder_tests.test_future_tokens_never_change_past_logits(switches)
+    decoder_tests.test_kv_cache_decoding_equals_the_full_forward(switches)
+    decoder_tests.test_padding_never_changes_real_positions_left_or_right(switches)
+
+
+# ---- HuggingFace: custom code with equal logits ----
+def assert_custom_code_round_trip(model, folder, causal: bool) -> None:
+    transformers = pytest.importorskip("transformers")
+    folder = save_pretrained(model.eval(), folder)
+    assert (folder / CODE_FILE).exists()  # no built-in class expresses these switches
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
+    hf = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, vocab, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        got = hf(input_ids=ids, attention_mask=mask).logits
+        want = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert (got - want)[real].abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_to_hf_exports_custom_code_with_equal_logits(switches, causal, tmp_path):
+    model_class = DecoderForCausalLM if causal else EncoderForMaskedLM
+    extra = decoder_tests.GPT2 if causal else {}
+    model = model_class(tiny(**{**extra, "initializer_range": 0.2, **switches}))
+    assert_custom_code_round_trip(model, tmp_path / "export", causal)
+
+
+# ---- attention_probs ----
+@pytest.mark.parametrize("name, fn", [("relu", torch.relu), ("sigmoid", torch.sigmoid)])
+def test_a_softmax_replacement_weighs_each_allowed_key_by_its_score_and_masked_ones_by_zero(name, fn):
+    config = tiny(attention_probs=name)
+    attention = SelfAttention(config).eval()
+    x = torch.randn(2, 6, 32)
+    allowed = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    allowed[1, ..., 4:] = False
+    y, weights = attention(x, AttentionInputs(key_mask=allowed, need_weights=True))
+    q, k, v = attention.qkv(x).view(2, 6, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    expected = fn(q @ k.transpose(-1, -2) / math.sqrt(8)) * allowed
+    torch.testing.assert_close(weights, expected)
+    assert torch.all(weights[1, ..., 4:] == 0)  # exactly 0, not merely small
+    out = (expected @ v).transpose(1, 2).reshape(2, 6, 32)
+    torch.testing.assert_close(y, attention.out(out))
+    fast = y  # the replacement never takes SDPA: asking for the weights changes nothing
+    torch.testing.assert_close(attention(x, AttentionInputs(key_mask=allowed))[0], fast)
+
+
+def test_softmax_stays_on_sdpa_and_equals_the_explicit_softmax(monkeypatch):
+    attention = SelfAttention(tiny()).eval()
+    assert attention.probs.fused and not SelfAttention(tiny(attention_probs="relu")).probs.fused
+    x = torch.randn(2, 6, 32)
+    allowed = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    allowed[1, ..., 4:] = False
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    fast = attention(x, AttentionInputs(key_mask=allowed))[0]
+    explicit, weights = attention(x, AttentionInputs(key_mask=allowed, need_weights=True))
+    assert calls == [1]
+    q, k, _ = attention.qkv(x).view(2, 6, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    torch.testing.assert_close(weights, scores.softmax(-1))
+    torch.testing.assert_close(explicit, fast, atol=1e-6, rtol=1e-5)
+
+
+def test_a_softmax_replacement_adds_no_parameters_and_changes_the_output():
+    plain = EncoderForMaskedLM(tiny(initializer_range=0.3)).eval()
+    relu = EncoderForMaskedLM(tiny(initializer_range=0.3, attention_probs="relu")).eval()
+    assert list(relu.state_dict()) == list(plain.state_dict())
+    relu.load_state_dict(plain.state_dict())
+    ids = torch.randint(5, 50, (1, 8))
+    assert not torch.allclose(relu(ids).logits, plain(ids).logits, atol=1e-3)
+
+
+def test_an_unknown_attention_probs_is_refused_with_the_known_ones_listed():
+    with pytest.raises(ValueError, match=r"unknown attention_probs 'tanh'; choose one of \['relu', 'sigmoid', "
+                                         r"'softmax'\]"):
+        SelfAttention(tiny(attention_probs="tanh"))
+
+
+# ---- through the CLI: the quickstart recipe trains with each switch on, exports and reloads ----
+CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu")}
+
+
+@pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
+def test_quickstart_trains_with_the_switch_on_exports_and_reloads_with_equal_logits(switches, corpus, tmp_path,
+                                                                                     monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from lit_lm.cli import main
+    from lit_lm.hf.__main__ import main as hf_main
+    from tests.conftest import ROOT
+    from tests.test_recipes import TINY
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    overrides = [arg for name, value in switches.items() for arg in (f"--model.init_args.config.{name}", str(value))]
+    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, *overrides,
+                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
+    trained = cli.model.model.eval()
+    for name, value in switches.items():
+        assert getattr(trained.config, name) == value
+    checkpoint = tmp_path / "runs" / "quickstart" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    hf_main(["export", str(checkpoint), str(tmp_path / "export"), "--tokenizer", str(cli.datamodule.store_dir)])
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "export", trust_remote_code=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    ids = tokenizer("the careful teacher watches the masked river.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - trained(ids).logits).abs().max() <= 1e-5
