@@ -4,7 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-NormType = Literal["layernorm", "rmsnorm"]
+NormType = Literal["layernorm", "rmsnorm", "scalenorm"]
 NormPlacement = Literal["pre", "post"]
 ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
 PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
@@ -79,7 +79,8 @@ class TransformerConfig:
 
     # ---- norms ----
     norm: NormType = "layernorm"
-    """Normalisation layer: 'layernorm' or 'rmsnorm' (Zhang & Sennrich 2019)."""
+    """Normalisation layer: 'layernorm', 'rmsnorm' (Zhang & Sennrich 2019) or 'scalenorm' (one learned scalar times
+    x / ||x||, Nguyen & Salazar 2019)."""
     norm_placement: NormPlacement = "post"
     """'post' normalises after each residual add (BERT 2018); 'pre' before each sublayer (Xiong et al. 2020)."""
     norm_eps: float = 1e-12

@@ -24,8 +24,10 @@ from tests.models.helpers import padded, tiny
 SWITCHES = {
     "attention-probs-relu": dict(attention_probs="relu"),
     "attention-probs-sigmoid": dict(attention_probs="sigmoid"),
+    "scalenorm": dict(norm="scalenorm"),
+    "pre-scalenorm": dict(norm="scalenorm", norm_placement="pre", final_norm=True),
 }
-DEFAULTS = {"attention_probs": "softmax"}  # today's behaviour, which every switch keeps by default
+DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm"}  # today's behaviour, which every switch keeps by default
 
 
 @pytest.fixture(autouse=True)
@@ -136,8 +138,35 @@ def test_an_unknown_attention_probs_is_refused_with_the_known_ones_listed():
         SelfAttention(tiny(attention_probs="tanh"))
 
 
+
+# ---- norm: scalenorm ----
+def test_scalenorm_is_one_learned_scalar_times_the_unit_vector():
+    from lit_lm.models.layers.norms import ScaleNorm, build_norm
+
+    norm = build_norm(tiny(norm="scalenorm", norm_eps=1e-6))
+    assert isinstance(norm, ScaleNorm) and [p.shape for p in norm.parameters()] == [torch.Size([])]
+    torch.testing.assert_close(norm.scale, torch.tensor(math.sqrt(32)))  # unit RMS at the start
+    with torch.no_grad():
+        norm.scale.fill_(2.5)
+    x = torch.randn(3, 5, 32) * 4 + 1
+    torch.testing.assert_close(norm(x), 2.5 * x / (x.square().sum(-1, keepdim=True) + 1e-6).sqrt())
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_scalenorm_replaces_every_norm_and_is_not_weight_decayed():
+    from lit_lm.models.layers.norms import ScaleNorm
+    from lit_lm.modules.optim import decay_param_groups
+
+    model = EncoderForMaskedLM(tiny(norm="scalenorm", final_norm=True, initializer_range=0.3))
+    norms = [m for m in model.modules() if isinstance(m, ScaleNorm)]
+    assert len(norms) == 1 + 2 * 2 + 1 + 1 and not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert all(m.scale.item() == pytest.approx(math.sqrt(32)) for m in norms)  # init_module keeps its start
+    decayed = {id(p) for p in decay_param_groups(model, 0.01)[0]["params"]}
+    assert not decayed & {id(m.scale) for m in norms}
+
+
 # ---- through the CLI: the quickstart recipe trains with each switch on, exports and reloads ----
-CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu")}
+CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu"), "scalenorm": dict(norm="scalenorm")}
 
 
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
