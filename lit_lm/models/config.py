@@ -6,8 +6,10 @@ from typing import Literal
 
 NormType = Literal["layernorm", "rmsnorm", "scalenorm"]
 NormPlacement = Literal["pre", "post"]
-ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
-PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
+ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu",
+                         "glu", "liglu", "elu", "selu", "softplus", "sigmoid"]
+PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh",
+                              "elu", "selu", "softplus", "sigmoid", "linear"]
 PositionEmbedding = Literal["learned", "none"]
 RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
@@ -97,7 +99,8 @@ class TransformerConfig:
     """Biases in every other linear layer and in the norms."""
     activation: ActivationName = "gelu"
     """Feed-forward activation: 'gelu' (exact, as BERT), 'gelu_tanh' (GPT-2), 'relu', 'squared_relu' (Primer),
-    'silu', or a gated one: 'geglu', 'swiglu', 'reglu' (Shazeer 2020)."""
+    'silu', 'elu', 'selu', 'softplus', 'sigmoid', or a gated one: 'geglu', 'swiglu', 'reglu', 'glu' (sigmoid gate),
+    'liglu' (bilinear: no gate nonlinearity) (Shazeer 2020; the essay: "do not help")."""
     talking_heads: bool = False
     """Mix attention logits and weights across heads with learned matrices (Shazeer et al. 2020)."""
     attention_probs: AttentionProbs = "softmax"

@@ -26,8 +26,9 @@ SWITCHES = {
     "attention-probs-sigmoid": dict(attention_probs="sigmoid"),
     "scalenorm": dict(norm="scalenorm"),
     "pre-scalenorm": dict(norm="scalenorm", norm_placement="pre", final_norm=True),
+    **{f"activation-{name}": dict(activation=name) for name in ("glu", "liglu", "elu", "selu", "softplus", "sigmoid")},
 }
-DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm"}  # today's behaviour, which every switch keeps by default
+DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm", "activation": "gelu"}  # today's behaviour, which every switch keeps by default
 
 
 @pytest.fixture(autouse=True)
@@ -165,8 +166,40 @@ def test_scalenorm_replaces_every_norm_and_is_not_weight_decayed():
     assert not decayed & {id(m.scale) for m in norms}
 
 
+
+# ---- activation: glu | liglu | elu | selu | softplus | sigmoid ----
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805  # Klambauer et al. 2017
+NEW_ACTIVATIONS = {  # each by its formula
+    "elu": lambda v: torch.where(v > 0, v, v.exp() - 1),
+    "selu": lambda v: SELU_SCALE * torch.where(v > 0, v, SELU_ALPHA * (v.exp() - 1)),
+    "softplus": lambda v: v.exp().log1p(),
+    "sigmoid": lambda v: 1 / (1 + (-v).exp()),
+    "glu": lambda v: (lambda gate, value: value / (1 + (-gate).exp()))(*v.chunk(2, dim=-1)),
+    "liglu": lambda v: (lambda gate, value: gate * value)(*v.chunk(2, dim=-1)),
+}
+
+
+@pytest.mark.parametrize("name", NEW_ACTIVATIONS)
+def test_feed_forward_computes_the_new_activation_and_gated_ones_widen_the_up_projection(name):
+    from lit_lm.models.layers import FeedForward
+
+    ffn = FeedForward(tiny(activation=name)).eval()
+    gated = name.endswith("glu")
+    assert ffn.up.weight.shape == ((128 if gated else 64), 32) and ffn.down.weight.shape == (32, 64)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(ffn(x), ffn.down(NEW_ACTIVATIONS[name](ffn.up(x))), atol=1e-5, rtol=1e-5)
+
+
+def test_new_activations_work_in_the_mixture_of_experts_too():
+    model = EncoderForMaskedLM(tiny(activation="liglu", moe_experts=2, moe_capacity_factor=4.0))
+    assert model.encoder.blocks[0].ffn.act.gated
+    ids = torch.randint(5, 50, (2, 8))
+    assert torch.isfinite(model(ids, labels=ids).loss)
+
+
 # ---- through the CLI: the quickstart recipe trains with each switch on, exports and reloads ----
-CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu"), "scalenorm": dict(norm="scalenorm")}
+CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu"), "scalenorm": dict(norm="scalenorm"),
+                "activation-glu": dict(activation="glu"), "activation-selu": dict(activation="selu")}
 
 
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
