@@ -10,7 +10,7 @@ ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "g
                          "glu", "liglu", "elu", "selu", "softplus", "sigmoid"]
 PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh",
                               "elu", "selu", "softplus", "sigmoid", "linear"]
-PositionEmbedding = Literal["learned", "none"]
+PositionEmbedding = Literal["learned", "none", "sinusoidal", "scaled_sinusoidal"]
 RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
 AttentionProbs = Literal["softmax", "relu", "sigmoid"]
@@ -48,7 +48,8 @@ class TransformerConfig:
 
     # ---- positions ----
     position_embedding: PositionEmbedding = "learned"
-    """Absolute positions added to the token embeddings: 'learned' (BERT) or 'none' (DeBERTa: relative only)."""
+    """Absolute positions added to the token embeddings: 'learned' (BERT), 'none' (DeBERTa: relative only),
+    'sinusoidal' (fixed, Vaswani et al. 2017) or 'scaled_sinusoidal' (fixed, times one learned scalar: cramming)."""
     position_offset: int = 0
     """Index of the first position in the learned table; RoBERTa starts past its padding index, at 2."""
     relative_positions: RelativePositions = "none"

@@ -27,8 +27,10 @@ SWITCHES = {
     "scalenorm": dict(norm="scalenorm"),
     "pre-scalenorm": dict(norm="scalenorm", norm_placement="pre", final_norm=True),
     **{f"activation-{name}": dict(activation=name) for name in ("glu", "liglu", "elu", "selu", "softplus", "sigmoid")},
+    "sinusoidal": dict(position_embedding="sinusoidal"),
+    "scaled-sinusoidal": dict(position_embedding="scaled_sinusoidal"),
 }
-DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm", "activation": "gelu"}  # today's behaviour, which every switch keeps by default
+DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm", "activation": "gelu", "position_embedding": "learned"}  # today's behaviour, which every switch keeps by default
 
 
 @pytest.fixture(autouse=True)
@@ -197,9 +199,61 @@ def test_new_activations_work_in_the_mixture_of_experts_too():
     assert torch.isfinite(model(ids, labels=ids).loss)
 
 
+
+# ---- position_embedding: sinusoidal | scaled_sinusoidal ----
+def vaswani(positions: range, width: int) -> torch.Tensor:
+    """PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)), one number at a time."""
+    table = torch.empty(len(positions), width, dtype=torch.float64)
+    for row, p in enumerate(positions):
+        for i in range(0, width, 2):
+            table[row, i] = math.sin(p / 10000 ** (i / width))
+            table[row, i + 1] = math.cos(p / 10000 ** (i / width))
+    return table.float()
+
+
+def test_sinusoidal_positions_are_vaswanis_fixed_table_at_any_offset_and_length():
+    model = EncoderForMaskedLM(tiny(position_embedding="sinusoidal", type_vocab_size=0, embedding_norm=False))
+    positions = model.encoder.position_embedding
+    assert list(positions.parameters()) == [] and list(positions.state_dict()) == []  # nothing to learn or save
+    torch.testing.assert_close(positions(10), vaswani(range(10), 32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(positions(4, start=7), vaswani(range(7, 11), 32), atol=1e-5, rtol=0)
+    assert positions(100).shape == (100, 32)  # no table to run past
+    ids = torch.randint(5, 50, (1, 6))
+    torch.testing.assert_close(model.encoder.embed(ids), model.encoder.token_embedding(ids) + positions(6))
+
+
+def test_scaled_sinusoidal_positions_are_the_sinusoids_times_one_learned_scalar():
+    from lit_lm.modules.optim import decay_param_groups
+
+    model = DecoderForCausalLM(tiny(position_embedding="scaled_sinusoidal", **decoder_tests.GPT2))
+    positions = model.decoder.position_embedding
+    assert [name for name, _ in positions.named_parameters()] == ["scale"]
+    torch.testing.assert_close(positions.scale, torch.tensor(1 / math.sqrt(32)))  # cramming's start
+    with torch.no_grad():
+        positions.scale.fill_(3.0)
+    torch.testing.assert_close(positions(5, start=2), 3.0 * vaswani(range(2, 7), 32), atol=1e-5, rtol=0)
+    assert not {id(positions.scale)} & {id(p) for p in decay_param_groups(model, 0.01)[0]["params"]}
+
+
+def test_sinusoidal_positions_change_the_output_and_follow_the_models_dtype():
+    learned = EncoderForMaskedLM(tiny(position_embedding="none", initializer_range=0.3)).eval()
+    sinusoidal = EncoderForMaskedLM(tiny(position_embedding="sinusoidal", initializer_range=0.3)).eval()
+    sinusoidal.load_state_dict(learned.state_dict())  # the same weights: only the positions differ
+    ids = torch.randint(5, 50, (1, 8))
+    assert not torch.allclose(sinusoidal(ids).logits, learned(ids).logits, atol=1e-3)
+    assert sinusoidal.to(torch.bfloat16).encoder.position_embedding(4).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [dict(hidden_size=27, num_heads=3), dict(position_offset=2)])
+def test_sinusoidal_positions_refuse_an_odd_width_or_an_offset(bad):
+    with pytest.raises(ValueError, match="position_embedding scaled_sinusoidal needs an even hidden_size"):
+        tiny(position_embedding="scaled_sinusoidal", **bad)
+
+
 # ---- through the CLI: the quickstart recipe trains with each switch on, exports and reloads ----
 CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu"), "scalenorm": dict(norm="scalenorm"),
-                "activation-glu": dict(activation="glu"), "activation-selu": dict(activation="selu")}
+                "activation-glu": dict(activation="glu"), "activation-selu": dict(activation="selu"),
+                "scaled-sinusoidal": dict(position_embedding="scaled_sinusoidal")}
 
 
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
