@@ -11,7 +11,7 @@ ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "g
 PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh",
                               "elu", "selu", "softplus", "sigmoid", "linear"]
 PositionEmbedding = Literal["learned", "none", "sinusoidal", "scaled_sinusoidal"]
-RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
+RelativePositions = Literal["none", "disentangled", "rotary", "t5", "alibi"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
 AttentionProbs = Literal["softmax", "relu", "sigmoid"]
 
@@ -55,8 +55,8 @@ class TransformerConfig:
     relative_positions: RelativePositions = "none"
     """Relative positions inside attention: 'none', 'disentangled' (DeBERTa, He et al. 2021; encoders only),
     'rotary' (queries and keys rotated by their position, Su et al. 2021) or 't5' (a learned per-head bias for each
-    bucket of distances, Raffel et al. 2020), or any scheme registered in layers/positions. Combine rotary and t5
-    with position_embedding: none."""
+    bucket of distances, Raffel et al. 2020), 'alibi' (a fixed per-head penalty linear in the distance, Press et al.
+    2022), or any scheme registered in layers/positions. Combine rotary, t5 and alibi with position_embedding: none."""
     rotary_base: float = 10000.0
     """Base of the rotary embedding's frequencies (relative_positions: rotary)."""
     relative_terms: tuple[RelativeTerm, ...] = ("c2p", "p2c")

@@ -29,8 +29,11 @@ SWITCHES = {
     **{f"activation-{name}": dict(activation=name) for name in ("glu", "liglu", "elu", "selu", "softplus", "sigmoid")},
     "sinusoidal": dict(position_embedding="sinusoidal"),
     "scaled-sinusoidal": dict(position_embedding="scaled_sinusoidal"),
+    "alibi": dict(relative_positions="alibi", position_embedding="none"),
+    "alibi-6-heads": dict(relative_positions="alibi", position_embedding="none", hidden_size=48, num_heads=6),
 }
-DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm", "activation": "gelu", "position_embedding": "learned"}  # today's behaviour, which every switch keeps by default
+DEFAULTS = {"attention_probs": "softmax", "norm": "layernorm", "activation": "gelu", "position_embedding": "learned",
+            "relative_positions": "none"}  # today's behaviour, which every switch keeps by default
 
 
 @pytest.fixture(autouse=True)
@@ -250,10 +253,53 @@ def test_sinusoidal_positions_refuse_an_odd_width_or_an_offset(bad):
         tiny(position_embedding="scaled_sinusoidal", **bad)
 
 
+
+# ---- relative_positions: alibi ----
+def test_alibi_slopes_are_the_papers_geometric_sequences():
+    from lit_lm.models.layers.positions.alibi import alibi_slopes
+
+    assert alibi_slopes(8) == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(4) == [2.0 ** -i for i in (2, 4, 6, 8)]
+    assert alibi_slopes(6) == [2.0 ** -i for i in (2, 4, 6, 8, 1, 3)]  # 4 heads' slopes, then odd ones of 8 heads'
+    assert alibi_slopes(1) == [2.0 ** -8]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_alibi_adds_minus_slope_times_distance_to_each_heads_scores_and_has_no_parameters(causal):
+    config = tiny(relative_positions="alibi", position_embedding="none")
+    model = (DecoderForCausalLM if causal else EncoderForMaskedLM)(config)
+    scheme = model.body.relative_positions
+    assert list(scheme.state_dict()) == [] and list(scheme.parameters()) == []
+    slopes = torch.tensor([2.0 ** -i for i in (2, 4, 6, 8)])
+    i, j = torch.arange(2, 5)[:, None], torch.arange(5)[None, :]  # queries 2..4 after 2 cached positions
+    torch.testing.assert_close(scheme(3, start=2), (-slopes[:, None, None] * (i - j).abs())[None])
+    attention = SelfAttention(config, causal=causal).eval()
+    with torch.no_grad():
+        attention.qkv.weight.zero_()  # every content score 0: the weights are the softmax of the bias alone
+    _, weights = attention(torch.randn(1, 5, 32), AttentionInputs(relative=scheme(5), need_weights=True))
+    bias = -slopes[:, None, None] * (torch.arange(5)[:, None] - torch.arange(5)[None, :]).abs()
+    if causal:  # the paper's -slope * (i - j) over the keys at or before the query
+        bias = bias.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    torch.testing.assert_close(weights[0], bias.softmax(-1))
+
+
+def test_alibi_makes_an_encoder_see_order_without_absolute_positions():
+    plain = EncoderForMaskedLM(tiny(position_embedding="none", initializer_range=0.5)).eval()
+    alibi = EncoderForMaskedLM(tiny(position_embedding="none", relative_positions="alibi", initializer_range=0.5))
+    alibi.load_state_dict(plain.state_dict())
+    alibi.eval()
+    ids = torch.randint(5, 50, (1, 10))
+    order = torch.randperm(10)
+    assert not torch.allclose(alibi(ids[:, order]).logits, alibi(ids).logits[:, order], atol=1e-3)
+    flipped = ids.flip(1)  # symmetric in distance: reversing the sequence reverses the outputs
+    torch.testing.assert_close(alibi(flipped).logits, alibi(ids).logits.flip(1), atol=1e-5, rtol=1e-5)
+
+
 # ---- through the CLI: the quickstart recipe trains with each switch on, exports and reloads ----
 CLI_SWITCHES = {"attention-probs-relu": dict(attention_probs="relu"), "scalenorm": dict(norm="scalenorm"),
                 "activation-glu": dict(activation="glu"), "activation-selu": dict(activation="selu"),
-                "scaled-sinusoidal": dict(position_embedding="scaled_sinusoidal")}
+                "scaled-sinusoidal": dict(position_embedding="scaled_sinusoidal"),
+                "alibi": dict(relative_positions="alibi", position_embedding="none")}
 
 
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
