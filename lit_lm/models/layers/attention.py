@@ -49,7 +49,8 @@ class SelfAttention(nn.Module):
 
     ``causal=True`` lets each position attend only to itself and earlier ones (decoders). The fast path is SDPA;
     talking heads, a softmax replacement (``config.attention_probs``), a request for the attention weights, or a bf16
-    SDPA that would fall back to float32 (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the same thing in the compute dtype.
+    SDPA that would fall back to float32 (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the
+    same thing in the compute dtype.
     With a ``cache`` (``LayerCache``), the keys and values of earlier positions come from it and the new ones are
     appended: incremental decoding, one or more new tokens at a time. The model's relative-position scheme
     (``config.relative_positions``) rotates the queries and keys and adds its bias to the scores.

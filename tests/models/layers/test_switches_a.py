@@ -47,6 +47,21 @@ def test_every_switch_defaults_to_todays_behaviour(field, default):
     assert getattr(TransformerConfig(), field) == default
 
 
+
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_the_defaults_build_todays_layers(causal):
+    from lit_lm.models.layers.activations import activation_fn
+    from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
+
+    model = (DecoderForCausalLM if causal else EncoderForMaskedLM)(tiny())
+    body = model.body
+    assert type(body.position_embedding) is LearnedPositionEmbedding
+    assert type(body.relative_positions).name == "none"
+    block = body.blocks[0]
+    assert type(block.attn_norm) is torch.nn.LayerNorm and block.attn.probs.fused
+    assert block.ffn.act.fn is activation_fn("gelu") is F.gelu and not block.ffn.act.gated
+
+
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
 def test_encoder_padding_never_changes_real_positions(switches):
     encoder_tests.test_padding_never_changes_real_positions(switches)
@@ -315,7 +330,8 @@ def test_quickstart_trains_with_the_switch_on_exports_and_reloads_with_equal_log
     monkeypatch.setattr(sys, "argv", ["train.py"])
     overrides = [arg for name, value in switches.items() for arg in (f"--model.init_args.config.{name}", str(value))]
     cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, *overrides,
-                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"])
+                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "2",
+                "--trainer.limit_val_batches", "0"])
     trained = cli.model.model.eval()
     for name, value in switches.items():
         assert getattr(trained.config, name) == value
