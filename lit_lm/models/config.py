@@ -4,13 +4,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-NormType = Literal["layernorm", "rmsnorm"]
+NormType = Literal["layernorm", "rmsnorm", "scalenorm"]
 NormPlacement = Literal["pre", "post"]
-ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu"]
-PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh"]
-PositionEmbedding = Literal["learned", "none"]
-RelativePositions = Literal["none", "disentangled", "rotary", "t5"]  # the built-in schemes, for --help
+ActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "geglu", "swiglu", "reglu",
+                         "glu", "liglu", "elu", "selu", "softplus", "sigmoid"]
+PlainActivationName = Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "tanh",
+                              "elu", "selu", "softplus", "sigmoid", "linear"]
+PositionEmbedding = Literal["learned", "none", "sinusoidal", "scaled_sinusoidal"]
+RelativePositions = Literal["none", "disentangled", "rotary", "t5", "alibi"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
+AttentionProbs = Literal["softmax", "relu", "sigmoid"]
 
 CONFIG_CHECKS: list[Callable[["TransformerConfig"], None]] = []
 """Checks every ``TransformerConfig`` runs after its own: a layer package validates the settings it owns here
@@ -45,14 +48,15 @@ class TransformerConfig:
 
     # ---- positions ----
     position_embedding: PositionEmbedding = "learned"
-    """Absolute positions added to the token embeddings: 'learned' (BERT) or 'none' (DeBERTa: relative only)."""
+    """Absolute positions added to the token embeddings: 'learned' (BERT), 'none' (DeBERTa: relative only),
+    'sinusoidal' (fixed, Vaswani et al. 2017) or 'scaled_sinusoidal' (fixed, times one learned scalar: cramming)."""
     position_offset: int = 0
     """Index of the first position in the learned table; RoBERTa starts past its padding index, at 2."""
     relative_positions: RelativePositions = "none"
     """Relative positions inside attention: 'none', 'disentangled' (DeBERTa, He et al. 2021; encoders only),
     'rotary' (queries and keys rotated by their position, Su et al. 2021) or 't5' (a learned per-head bias for each
-    bucket of distances, Raffel et al. 2020), or any scheme registered in layers/positions. Combine rotary and t5
-    with position_embedding: none."""
+    bucket of distances, Raffel et al. 2020), 'alibi' (a fixed per-head penalty linear in the distance, Press et al.
+    2022), or any scheme registered in layers/positions. Combine rotary, t5 and alibi with position_embedding: none."""
     rotary_base: float = 10000.0
     """Base of the rotary embedding's frequencies (relative_positions: rotary)."""
     relative_terms: tuple[RelativeTerm, ...] = ("c2p", "p2c")
@@ -78,7 +82,8 @@ class TransformerConfig:
 
     # ---- norms ----
     norm: NormType = "layernorm"
-    """Normalisation layer: 'layernorm' or 'rmsnorm' (Zhang & Sennrich 2019)."""
+    """Normalisation layer: 'layernorm', 'rmsnorm' (Zhang & Sennrich 2019) or 'scalenorm' (one learned scalar times
+    x / ||x||, Nguyen & Salazar 2019)."""
     norm_placement: NormPlacement = "post"
     """'post' normalises after each residual add (BERT 2018); 'pre' before each sublayer (Xiong et al. 2020)."""
     norm_eps: float = 1e-12
@@ -95,9 +100,13 @@ class TransformerConfig:
     """Biases in every other linear layer and in the norms."""
     activation: ActivationName = "gelu"
     """Feed-forward activation: 'gelu' (exact, as BERT), 'gelu_tanh' (GPT-2), 'relu', 'squared_relu' (Primer),
-    'silu', or a gated one: 'geglu', 'swiglu', 'reglu' (Shazeer 2020)."""
+    'silu', 'elu', 'selu', 'softplus', 'sigmoid', or a gated one: 'geglu', 'swiglu', 'reglu', 'glu' (sigmoid gate),
+    'liglu' (bilinear: no gate nonlinearity) (Shazeer 2020; the essay: "do not help")."""
     talking_heads: bool = False
     """Mix attention logits and weights across heads with learned matrices (Shazeer et al. 2020)."""
+    attention_probs: AttentionProbs = "softmax"
+    """What turns attention scores into weights: 'softmax', or an unnormalised element-wise 'relu' or 'sigmoid' of
+    each score (the essay: "replacing the softmax never works"); masked keys weigh exactly 0 either way."""
     qkv_conv_kernel_size: int = 0
     """Depthwise convolution over the sequence after the Q/K/V projections (Primer, So et al. 2021: 3); 0 disables."""
     moe_experts: int = 0

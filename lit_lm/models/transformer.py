@@ -20,6 +20,7 @@ from lit_lm.models.layers.heads import MaskedLMHead, select_predictions
 from lit_lm.models.layers.inputs import attention_inputs
 from lit_lm.models.layers.norms import build_norm
 from lit_lm.models.layers.positions import POSITION_SCHEMES, position_scheme
+from lit_lm.models.layers.positions.absolute import build_position_embedding
 from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
 
@@ -59,7 +60,7 @@ class Transformer(nn.Module):
         self.config, self.causal = config, causal
         padding_idx = None if causal else config.pad_token_id
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=padding_idx)
-        self.position_embedding = LearnedPositionEmbedding(config) if config.position_embedding == "learned" else None
+        self.position_embedding = build_position_embedding(config)  # learned, sinusoidal, ... or None
         self.token_type_embedding = (
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size and not causal else None
         )

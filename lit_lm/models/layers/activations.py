@@ -13,6 +13,11 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """x itself: the 'linear' activation."""
+    return x
+
+
 PLAIN_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # GELU: Hendrycks & Gimpel 2016 (exact erf form, as BERT)
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # the tanh approximation of GELU (GPT-2)
@@ -20,9 +25,15 @@ PLAIN_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "squared_relu": squared_relu,
     "silu": F.silu,  # SiLU / swish: Ramachandran et al. 2017
     "tanh": torch.tanh,
+    "elu": F.elu,  # ELU: Clevert et al. 2016
+    "selu": F.selu,  # SELU: Klambauer et al. 2017
+    "softplus": F.softplus,
+    "sigmoid": torch.sigmoid,
+    "linear": identity,  # no nonlinearity: the gate of the bilinear GLU
 }
-# GLU variants, Shazeer 2020: act(x W) * (x V); each maps to the activation of its gate.
-GATED_ACTIVATIONS = {"geglu": "gelu", "swiglu": "silu", "reglu": "relu"}
+# GLU variants, Shazeer 2020: act(x W) * (x V); each maps to the activation of its gate. 'glu' is Dauphin et al.'s
+# sigmoid gate, 'liglu' the bilinear one (no gate nonlinearity).
+GATED_ACTIVATIONS = {"geglu": "gelu", "swiglu": "silu", "reglu": "relu", "glu": "sigmoid", "liglu": "linear"}
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

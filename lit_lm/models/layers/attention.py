@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_lm.models.config import TransformerConfig
+from lit_lm.models.layers.attention_probs import AttentionProbabilities
 from lit_lm.models.layers.conv import DepthwiseSequenceConv
 from lit_lm.models.layers.inputs import AttentionInputs
 from lit_lm.models.layers.positions import position_scheme
@@ -47,8 +48,9 @@ class SelfAttention(nn.Module):
     """Self-attention with one fused Q/K/V projection (one matmul instead of three).
 
     ``causal=True`` lets each position attend only to itself and earlier ones (decoders). The fast path is SDPA;
-    talking heads, a request for the attention weights, or a bf16 SDPA that would fall back to float32
-    (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the same thing in the compute dtype.
+    talking heads, a softmax replacement (``config.attention_probs``), a request for the attention weights, or a bf16
+    SDPA that would fall back to float32 (``avoids_sdpa_float32_fallback``) take the explicit path, which computes the
+    same thing in the compute dtype.
     With a ``cache`` (``LayerCache``), the keys and values of earlier positions come from it and the new ones are
     appended: incremental decoding, one or more new tokens at a time. The model's relative-position scheme
     (``config.relative_positions``) rotates the queries and keys and adds its bias to the scores.
@@ -68,6 +70,7 @@ class SelfAttention(nn.Module):
         )
         self.relative = self.positions.layer_module(config)  # e.g. DeBERTa's per-layer position projections
         self.talking_heads = TalkingHeads(config.num_heads) if config.talking_heads else None
+        self.probs = AttentionProbabilities(config.attention_probs)  # softmax, or a replacement of it
         self.out = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.out_dropout = nn.Dropout(config.dropout)
@@ -93,7 +96,8 @@ class SelfAttention(nn.Module):
         bias = self.positions.score_bias(relative, q, k, self)
         allowed = key_mask
         dropout = self.attention_dropout if self.training else 0.0
-        explicit = need_weights or self.talking_heads is not None or avoids_sdpa_float32_fallback(q, bias, dropout)
+        explicit = (need_weights or self.talking_heads is not None or not self.probs.fused
+                    or avoids_sdpa_float32_fallback(q, bias, dropout))
         causal = self.causal and seq > 1  # a single new token may attend to every cached one
         if causal and (allowed is not None or bias is not None or explicit or keys != seq):
             mask = causal_mask(seq, keys, x.device)
@@ -118,9 +122,7 @@ class SelfAttention(nn.Module):
             scores = scores.add_(bias)
         if self.talking_heads is not None:
             scores = self.talking_heads.mix(scores, self.talking_heads.logits_mix)
-        if allowed is not None:  # after the logits mix, which would otherwise spread the masked logits
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
+        weights = self.probs(scores, allowed)  # masks after the logits mix, which would otherwise spread masked logits
         if self.talking_heads is not None:
             weights = self.talking_heads.mix(weights, self.talking_heads.weights_mix)
         return F.dropout(weights, dropout, training=dropout > 0) @ v, weights

@@ -124,16 +124,16 @@ def test_a_scheme_that_is_not_causal_safe_works_in_an_encoder_and_is_refused_by_
 
 
 def test_unknown_names_and_bad_settings_are_refused_when_the_config_is_made():
-    with pytest.raises(ValueError, match=r"unknown relative_positions 'alibi'; choose one of \[.*'rotary'.*"
+    with pytest.raises(ValueError, match=r"unknown relative_positions 'xpos'; choose one of \[.*'rotary'.*"
                                          r"'toy-distance-penalty'.*\]"):
-        tiny(relative_positions="alibi")
+        tiny(relative_positions="xpos")
     with pytest.raises(ValueError, match="toy-distance-penalty needs position_embedding: none"):
         tiny(relative_positions="toy-distance-penalty")
 
 
 def test_the_config_literal_lists_exactly_the_built_in_schemes():
     built_in = {name for name, scheme in POSITION_SCHEMES.items() if scheme.__module__.startswith("lit_lm.")}
-    assert set(get_args(RelativePositions)) == built_in == {"none", "rotary", "t5", "disentangled"}
+    assert set(get_args(RelativePositions)) == built_in == {"none", "rotary", "t5", "disentangled", "alibi"}
 
 
 def test_no_model_file_outside_the_positions_package_names_a_scheme():

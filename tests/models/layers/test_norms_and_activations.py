@@ -25,7 +25,8 @@ def test_every_norm_normalises_the_hidden_size(norm):
 
 
 def test_unknown_names_are_refused_with_the_known_ones_listed():
-    with pytest.raises(ValueError, match=r"unknown norm 'batchnorm'; choose one of \['layernorm', 'rmsnorm'\]"):
+    with pytest.raises(ValueError, match=r"unknown norm 'batchnorm'; choose one of "
+                                         r"\['layernorm', 'rmsnorm', 'scalenorm'\]"):
         build_norm(tiny(norm="batchnorm"))
     with pytest.raises(ValueError, match=r"unknown activation 'mish'; choose one of \[.*'swiglu'.*\]"):
         activation_fn("mish")
