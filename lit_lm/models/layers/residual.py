@@ -33,7 +33,8 @@ class ReZero(nn.Module):
 
 def zero_residual_outputs(model: nn.Module) -> None:
     """Zero the output projections of every attention and feed-forward branch (their biases start at zero already):
-    with pre-LN or ReZero, every block then starts as the identity."""
+    with pre-LN or ReZero, every block then starts as the identity. Zero-initialised branch outputs: Fixup, Zhang et
+    al. 2019."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(RESIDUAL_OUTPUTS):

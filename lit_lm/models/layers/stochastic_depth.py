@@ -13,7 +13,7 @@ def check_stochastic_depth(config: TransformerConfig) -> None:
 
 
 def drop_rate(config: TransformerConfig, index: int) -> float:
-    """The linear decay rule: block ``index`` (from 0) drops its branches with ``stochastic_depth * (index + 1) / L``."""
+    """The linear rule: block ``index`` (from 0) drops its branches with ``stochastic_depth * (index + 1) / layers``."""
     return config.stochastic_depth * (index + 1) / config.num_layers
 
 
