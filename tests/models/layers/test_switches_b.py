@@ -190,7 +190,13 @@ def test_share_layers_shares_the_named_sublayers_within_each_group(share, groups
     for part, owner in owners.items():  # each shared tensor once, under the group's first block
         assert {i for i in range(4) if f"encoder.blocks.{i}.{part}.qkv.weight" in keys
                 or f"encoder.blocks.{i}.{part}.up.weight" in keys} == set(owner)
-    assert sum(p.numel() for p in model.parameters()) == unique_parameter_count(model)
+    plain = EncoderForMaskedLM(tiny(num_layers=4))
+    block = plain.encoder.blocks[0]
+    saved = sum((4 - len(set(owner))) * sum(p.numel() for name in (part, f"{part}_norm")
+                                            for p in getattr(block, name).parameters())
+                for part, owner in owners.items())  # the borrowers' copies, which exist nowhere
+    assert unique_parameter_count(plain) - unique_parameter_count(model) == saved
+    assert sum(v.numel() for v in plain.state_dict().values()) - sum(v.numel() for v in keys.values()) == saved
     grouped = decay_param_groups(model, 0.01)
     assert sum(p.numel() for group in grouped for p in group["params"]) == unique_parameter_count(model)
 
@@ -298,18 +304,22 @@ def export_and_reload(model: nn.Module, folder, causal: bool) -> nn.Module:
     return auto.from_pretrained(folder, trust_remote_code=True).eval()
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
-def test_custom_code_export_round_trips_with_equal_logits(switches, tmp_path):
+def test_custom_code_export_round_trips_with_equal_logits(switches, causal, tmp_path):
+    from lit_lm.hf import load_pretrained
+
+    model = decoder(**switches) if causal else encoder(**switches)
     ids = torch.randint(5, 50, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
-    for causal, model in ((False, encoder(**switches)), (True, decoder(**switches))):
-        hf = export_and_reload(model, tmp_path / ("decoder" if causal else "encoder"), causal)
-        assert sum(p.numel() for p in hf.parameters()) == unique_parameter_count(model)
-        with torch.no_grad():
-            want = model(ids, attention_mask=mask).logits
-            got = hf(input_ids=ids, attention_mask=mask).logits
-        assert (got - want)[mask.bool()].abs().max() <= 1e-5
+    hf = export_and_reload(model, tmp_path / "export", causal)
+    assert sum(p.numel() for p in hf.parameters()) == unique_parameter_count(model)  # shared weights stay shared
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask).logits
+        assert (hf(input_ids=ids, attention_mask=mask).logits - want)[mask.bool()].abs().max() <= 1e-5
+        if not causal:  # lit-lm reads its own export directly (a strict state dict load)
+            assert torch.equal(load_pretrained(tmp_path / "export").eval()(ids, attention_mask=mask).logits, want)
 
 
 # ---- through the CLI: the quickstart trains with the switch on, exports and reloads ----
