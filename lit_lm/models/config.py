@@ -118,6 +118,29 @@ class TransformerConfig:
     moe_aux_loss_weight: float = 0.01
     """Weight of the Switch load-balancing loss added to the training loss."""
 
+    # ---- depth: which blocks have what, and how their residual branches start ----
+    ffn_every: int = 1
+    """Feed-forward layers only in every k-th block: blocks i (from 0) with (i + 1) % k == 0 have one (k = 2: the
+    2nd, 4th, ... block), the others are attention only, with no feed-forward parameters or norm. 1: every block;
+    0: no feed-forward layer at all."""
+    stochastic_depth: float = 0.0
+    """Stochastic depth (Huang et al. 2016): in training, each residual branch (attention, feed-forward) of block i
+    (from 0) is dropped per sample with probability stochastic_depth * (i + 1) / num_layers, the survivors scaled up
+    by 1 / (1 - that rate); nothing changes in eval mode. 0 disables."""
+    residual: Literal["standard", "rezero"] = "standard"
+    """'standard' residual adds, or 'rezero' (Bachlechner et al. 2020): x + alpha * F(x) with one learned scalar
+    alpha per block, initialised to 0, and no norms inside the blocks (norm_placement is then ignored)."""
+    zero_init_residual: bool = False
+    """Initialise the output projections of every attention and feed-forward branch to zero, so that every block
+    starts as the identity (with pre-LN or rezero; post-LN still normalises)."""
+    share_layers: Literal["none", "all", "attention", "ffn"] = "none"
+    """Cross-layer parameter sharing (ALBERT, Lan et al. 2020): 'all' shares whole blocks, 'attention' the attention
+    sublayers and 'ffn' the feed-forward sublayers (each with its norm), between the blocks of a share_groups group.
+    Shared parameters exist once: in the state dict (under the group's first block) and in the optimizer."""
+    share_groups: int = 1
+    """Groups of consecutive blocks that share (share_layers): block i (from 0) is in group
+    i * share_groups // num_layers, so 1 shares across every block (ALBERT) and num_layers shares nothing."""
+
     # ---- masked-LM head ----
     head_transform: bool = True
     """BERT's MLM head transform (dense, activation, norm) before the vocabulary projection."""

@@ -22,6 +22,8 @@ from lit_lm.models.layers.norms import build_norm
 from lit_lm.models.layers.positions import POSITION_SCHEMES, position_scheme
 from lit_lm.models.layers.positions.absolute import build_position_embedding
 from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
+from lit_lm.models.layers.residual import RESIDUAL_OUTPUTS, zero_residual_outputs
+from lit_lm.models.layers.sharing import share_parameters
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
 
 
@@ -68,7 +70,8 @@ class Transformer(nn.Module):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.relative_positions = position_scheme(config.relative_positions)(config, causal)
         self.ngie = NGramInducedEmbedding(config) if config.conv_kernel_size and not causal else None
-        self.blocks = nn.ModuleList(TransformerBlock(config, causal) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(config, causal, i) for i in range(config.num_layers))
+        share_parameters(self.blocks, config)  # ALBERT's cross-layer sharing, when asked for
         self.final_norm = build_norm(config) if config.final_norm else nn.Identity()
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, start: int = 0):
@@ -141,6 +144,12 @@ class LanguageModel(nn.Module):
         if self.config.tie_embeddings:  # tied input/output embeddings: Press & Wolf 2017
             self.head.decoder.weight = self.body.token_embedding.weight
         self.apply(self._init_weights)
+        self.scale_residual_init()
+        if self.config.zero_init_residual:
+            zero_residual_outputs(self)
+
+    def scale_residual_init(self) -> None:
+        """A family's own initialisation of the residual output projections, after the common one; none here."""
 
     def _init_weights(self, module: nn.Module) -> None:
         init_module(module, self.config.initializer_range)
@@ -208,10 +217,12 @@ class DecoderForCausalLM(LanguageModel):
         self.decoder = Transformer(config, causal=True)
         self.head = MaskedLMHead(config, output_bias=False)
         self.tie_and_init()
+
+    def scale_residual_init(self) -> None:
         # GPT-2 (Radford et al. 2019): residual output projections start smaller, by 1/sqrt(2 * layers)
         for name, param in self.named_parameters():
-            if name.endswith(("attn.out.weight", "ffn.down.weight", "ffn.down")):
-                nn.init.normal_(param, std=config.initializer_range / math.sqrt(2 * config.num_layers))
+            if name.endswith(RESIDUAL_OUTPUTS):
+                nn.init.normal_(param, std=self.config.initializer_range / math.sqrt(2 * self.config.num_layers))
 
     @property
     def body(self) -> Transformer:

@@ -30,6 +30,8 @@ EVERY_SWITCH = {
     "t5-buckets": dict(relative_positions="t5", position_embedding="none", position_buckets=8),
     "deberta": dict(relative_positions="disentangled", position_embedding="none", position_buckets=8,
                     share_att_key=True, relative_embedding_norm=True, conv_kernel_size=3, head_position_embedding=True),
+    "ffn-every-2": dict(ffn_every=2),
+    "albert-shared-layers": dict(share_layers="all"),
 }
 
 

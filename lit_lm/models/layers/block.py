@@ -7,10 +7,12 @@ from torch import nn
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.attention import SelfAttention
-from lit_lm.models.layers.ffn import FeedForward
+from lit_lm.models.layers.ffn import FeedForward, has_ffn
 from lit_lm.models.layers.inputs import AttentionInputs
 from lit_lm.models.layers.moe import MixtureOfExperts
 from lit_lm.models.layers.norms import build_norm
+from lit_lm.models.layers.residual import ReZero
+from lit_lm.models.layers.stochastic_depth import StochasticDepth, drop_rate
 
 
 class BlockOutput(NamedTuple):
@@ -20,27 +22,45 @@ class BlockOutput(NamedTuple):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
+    """Block ``index`` (from 0) of the stack: ``index`` decides whether it has a feed-forward layer (``ffn_every``)
+    and its stochastic-depth rate. With ``residual: rezero`` it has no norms and gates both branches by its ReZero."""
+
+    def __init__(self, config: TransformerConfig, causal: bool = False, index: int = 0) -> None:
         super().__init__()
-        self.pre_norm = config.norm_placement == "pre"  # pre-LN: Xiong et al. 2020
-        self.attn_norm = build_norm(config)
+        rezero = config.residual == "rezero"
+        self.pre_norm = config.norm_placement == "pre" or rezero  # pre-LN: Xiong et al. 2020
+        self.attn_norm = nn.Identity() if rezero else build_norm(config)
         self.attn = SelfAttention(config, causal=causal)
-        self.ffn_norm = build_norm(config)
-        self.ffn = MixtureOfExperts(config) if config.moe_experts else FeedForward(config)
+        with_ffn = has_ffn(config, index)
+        self.ffn_norm = (nn.Identity() if rezero else build_norm(config)) if with_ffn else None
+        self.ffn = (MixtureOfExperts(config) if config.moe_experts else FeedForward(config)) if with_ffn else None
+        self.rezero = ReZero() if rezero else None
+        self.drop_branch = StochasticDepth(drop_rate(config, index)) if config.stochastic_depth else None
 
     def _ffn(self, x: torch.Tensor, token_mask: torch.Tensor | None):
         if isinstance(self.ffn, MixtureOfExperts):
             return self.ffn(x, token_mask)
         return self.ffn(x), None
 
+    def _branch(self, h: torch.Tensor) -> torch.Tensor:
+        """A residual branch's output as it is added: dropped (stochastic depth) and gated (ReZero) when asked."""
+        if self.drop_branch is not None:
+            h = self.drop_branch(h)
+        return h if self.rezero is None else self.rezero(h)
+
     def forward(self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs()) -> BlockOutput:
         """x: [batch, seq, hidden]; ``inputs`` as ``SelfAttention.forward``."""
+        aux_loss = None
         if self.pre_norm:
             h, weights = self.attn(self.attn_norm(x), inputs)
-            x = x + h
-            h, aux_loss = self._ffn(self.ffn_norm(x), inputs.token_mask)
-            return BlockOutput(x + h, weights, aux_loss)
+            x = x + self._branch(h)
+            if self.ffn is not None:
+                h, aux_loss = self._ffn(self.ffn_norm(x), inputs.token_mask)
+                x = x + self._branch(h)
+            return BlockOutput(x, weights, aux_loss)
         h, weights = self.attn(x, inputs)
-        x = self.attn_norm(x + h)
+        x = self.attn_norm(x + self._branch(h))
+        if self.ffn is None:
+            return BlockOutput(x, weights)
         h, aux_loss = self._ffn(x, inputs.token_mask)
-        return BlockOutput(self.ffn_norm(x + h), weights, aux_loss)
+        return BlockOutput(self.ffn_norm(x + self._branch(h)), weights, aux_loss)

@@ -3,8 +3,20 @@
 import torch
 from torch import nn
 
-from lit_lm.models.config import TransformerConfig
+from lit_lm.models.config import TransformerConfig, config_check
 from lit_lm.models.layers.activations import Activation
+
+
+@config_check
+def check_ffn_every(config: TransformerConfig) -> None:
+    if not 0 <= config.ffn_every <= config.num_layers:
+        raise ValueError(f"model config: ffn_every must be in [0, num_layers={config.num_layers}] (0: no feed-forward "
+                         f"layer at all), got {config.ffn_every}.")
+
+
+def has_ffn(config: TransformerConfig, index: int) -> bool:
+    """Whether block ``index`` (from 0) has a feed-forward layer: with ``ffn_every: k``, blocks k-1, 2k-1, ..."""
+    return config.ffn_every > 0 and (index + 1) % config.ffn_every == 0
 
 
 class FeedForward(nn.Module):
