@@ -75,7 +75,7 @@ DENSE_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}  # dense (not 
 
 def recipes_default() -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
-                  if p.parent.name not in ("base", "finetune"))  # shared stanzas and tasks: not pretraining
+                  if p.parent.name not in ("base", "finetune", "ablations"))  # not pretraining recipes
 
 
 def missing_packages() -> list[str]:
