@@ -14,6 +14,7 @@ PositionEmbedding = Literal["learned", "none", "sinusoidal", "scaled_sinusoidal"
 RelativePositions = Literal["none", "disentangled", "rotary", "t5", "alibi"]  # the built-in schemes, for --help
 RelativeTerm = Literal["c2p", "p2c"]
 AttentionProbs = Literal["softmax", "relu", "sigmoid"]
+TokenMixerName = Literal["attention", "synthesizer_dense", "synthesizer_random", "fourier"]
 
 CONFIG_CHECKS: list[Callable[["TransformerConfig"], None]] = []
 """Checks every ``TransformerConfig`` runs after its own: a layer package validates the settings it owns here
@@ -107,6 +108,12 @@ class TransformerConfig:
     attention_probs: AttentionProbs = "softmax"
     """What turns attention scores into weights: 'softmax', or an unnormalised element-wise 'relu' or 'sigmoid' of
     each score (the essay: "replacing the softmax never works"); masked keys weigh exactly 0 either way."""
+    token_mixer: TokenMixerName = "attention"
+    """What each block mixes the sequence with, in place of its self-attention (norms, residual and feed-forward
+    unchanged): 'attention', a synthesizer (Tay et al. 2020: weights over the keys from each token alone through an
+    MLP, 'synthesizer_dense', or one learned matrix, 'synthesizer_random'; inputs up to max_position_embeddings
+    tokens; encoders only) or 'fourier' (FNet, Lee-Thorp et al. 2021: the real part of a 2-D FFT over sequence and
+    hidden; no parameters; encoders only). The attention switches apply to 'attention' only."""
     qkv_conv_kernel_size: int = 0
     """Depthwise convolution over the sequence after the Q/K/V projections (Primer, So et al. 2021: 3); 0 disables."""
     moe_experts: int = 0

@@ -20,26 +20,41 @@ from lit_lm.models.layers.heads import MaskedLMHead, select_predictions
 from lit_lm.models.layers.inputs import attention_inputs
 from lit_lm.models.layers.norms import build_norm
 from lit_lm.models.layers.positions import POSITION_SCHEMES, position_scheme
-from lit_lm.models.layers.positions.absolute import build_position_embedding
+from lit_lm.models.layers.positions.absolute import ABSOLUTE_POSITIONS, build_position_embedding
 from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
 from lit_lm.models.layers.residual import RESIDUAL_OUTPUTS, zero_residual_outputs
 from lit_lm.models.layers.sharing import share_parameters
+from lit_lm.models.layers.token_mixers import TOKEN_MIXERS, token_mixer_max_length
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
 
 
 def check_decoder_config(config: TransformerConfig) -> None:
     """Reject the encoder-only switches, which have no causal meaning."""
     scheme = position_scheme(config.relative_positions)
+    mixer_refusal = TOKEN_MIXERS[config.token_mixer].decoder_refusal
     safe = " or ".join(name for name, s in POSITION_SCHEMES.items() if s.causal_safe and s.needs_state)
     problems = [name for name, on in (
         (f"relative_positions: {scheme.name} (use {safe})", not scheme.causal_safe),
         ("conv_kernel_size (nGiE looks both ways; Primer's causal one is qkv_conv_kernel_size)",
          config.conv_kernel_size),
         ("head_position_embedding", config.head_position_embedding),
+        (f"token_mixer: {config.token_mixer} ({mixer_refusal})", mixer_refusal is not None),
         ("sparse_prediction (a decoder predicts every next token)", config.sparse_prediction),
     ) if on]
     if problems:
         raise ValueError(f"model config: a decoder cannot use {'; '.join(problems)}; switch them off.")
+
+
+def max_input_length(config: TransformerConfig) -> int | None:
+    """The longest sequence a model of ``config`` takes, or None: any length. Only tables limit it: learned absolute
+    positions (in the embeddings or before the MLM head) and a synthesizer's fixed-size mixing weights. Relative
+    positions do not: t5 and disentangled bucket or clip long distances, rotary and alibi need no table, and neither
+    do sinusoids; such a model trained at one length runs at longer ones."""
+    limits = [token_mixer_max_length(config)]
+    if ABSOLUTE_POSITIONS.get(config.position_embedding) is LearnedPositionEmbedding or config.head_position_embedding:
+        limits.append(config.max_sequence_length)
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
 
 
 class TransformerOutput(NamedTuple):
@@ -89,12 +104,7 @@ class Transformer(nn.Module):
                 token_type_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 output_attentions: bool = False) -> TransformerOutput:
         """``attention_mask``: [batch, keys] 1/0; with a ``cache`` it covers the cached positions too."""
-        seq = input_ids.shape[1]
-        if not self.causal and self.position_embedding is None and seq > self.config.max_sequence_length:
-            raise ValueError(
-                f"sequence of {seq} tokens is longer than model.max_position_embeddings "
-                f"({self.config.max_position_embeddings}); shorten data.seq_length or raise max_position_embeddings."
-            )
+        seq = input_ids.shape[1]  # any length unless a table limits it (max_input_length): that table refuses it
         start = cache.length if cache is not None else 0
         x = embeddings = self.embed(input_ids, token_type_ids, start)
         relative = self.relative_positions(seq, start)

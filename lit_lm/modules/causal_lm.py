@@ -5,6 +5,7 @@ from torchmetrics import MeanMetric
 
 from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models import IGNORE_INDEX
+from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule
 
@@ -50,10 +51,11 @@ class CausalLMModule(PretrainingModule):
             config = TransformerConfig(**config)
         if isinstance(optimizer, dict):
             optimizer = OptimizerConfig(**optimizer)
-        if config.position_embedding == "learned" and seq_length > config.max_sequence_length:
+        if (limit := max_input_length(config)) is not None and seq_length > limit:  # only tables limit length
             raise ValueError(
-                f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
-                f"({config.max_position_embeddings}, minus position_offset); lower the first or raise the second."
+                f"data.seq_length ({seq_length}) exceeds the {limit} tokens that model.config.max_position_embeddings "
+                f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
+                f"second (relative positions alone, with position_embedding: none, take any length)."
             )
         if eos_token_id is not None and not 0 <= eos_token_id < config.vocab_size:
             raise ValueError(f"the end-of-text id {eos_token_id} falls outside the vocabulary of {config.vocab_size}; "

@@ -7,6 +7,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
+from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule
@@ -63,10 +64,11 @@ class MaskedLMModule(PretrainingModule):
 
             pretrained = load_pretrained(init_from, training_config=config)
             config = pretrained.config
-        if seq_length > config.max_sequence_length:
+        if (limit := max_input_length(config)) is not None and seq_length > limit:  # only tables limit length
             raise ValueError(
-                f"data.seq_length ({seq_length}) exceeds model.config.max_position_embeddings "
-                f"({config.max_position_embeddings}, minus position_offset); lower the first or raise the second."
+                f"data.seq_length ({seq_length}) exceeds the {limit} tokens that model.config.max_position_embeddings "
+                f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
+                f"second (relative positions alone, with position_embedding: none, take any length)."
             )
         if mask_token_id is None:
             raise ValueError(

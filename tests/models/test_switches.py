@@ -32,6 +32,8 @@ EVERY_SWITCH = {
                     share_att_key=True, relative_embedding_norm=True, conv_kernel_size=3, head_position_embedding=True),
     "ffn-every-2": dict(ffn_every=2),
     "albert-shared-layers": dict(share_layers="all"),
+    "synthesizer-dense": dict(token_mixer="synthesizer_dense"),
+    "fourier-no-positions": dict(token_mixer="fourier", position_embedding="none"),
 }
 
 

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from lit_lm.models.config import TransformerConfig
-from lit_lm.models.layers.attention import SelfAttention
 from lit_lm.models.layers.ffn import FeedForward, has_ffn
 from lit_lm.models.layers.inputs import AttentionInputs
 from lit_lm.models.layers.moe import MixtureOfExperts
 from lit_lm.models.layers.norms import build_norm
 from lit_lm.models.layers.residual import ReZero
 from lit_lm.models.layers.stochastic_depth import StochasticDepth, drop_rate
+from lit_lm.models.layers.token_mixers import build_token_mixer
 
 
 class BlockOutput(NamedTuple):
@@ -30,7 +30,7 @@ class TransformerBlock(nn.Module):
         rezero = config.residual == "rezero"
         self.pre_norm = config.norm_placement == "pre" or rezero  # pre-LN: Xiong et al. 2020
         self.attn_norm = nn.Identity() if rezero else build_norm(config)
-        self.attn = SelfAttention(config, causal=causal)
+        self.attn = build_token_mixer(config, causal)  # self-attention, or what config.token_mixer puts there
         with_ffn = has_ffn(config, index)
         self.ffn_norm = (nn.Identity() if rezero else build_norm(config)) if with_ffn else None
         self.ffn = (MixtureOfExperts(config) if config.moe_experts else FeedForward(config)) if with_ffn else None
