@@ -112,9 +112,10 @@ class Transformer(nn.Module):
         inputs = self.attention_inputs(attention_mask, seq, x.dtype, start, output_attentions)
         attentions, aux_losses = [], []
         for i, block in enumerate(self.blocks):
-            if self.resize is not None:
+            if self.resize is not None:  # into block i's width (layer_widths)
                 x = self.resize(x, i)
-                embeddings = x if i == 0 else embeddings
+                if i == 0:
+                    embeddings = x  # the first block's input, which nGiE convolves
             x, weights, aux_loss = block(x, inputs if cache is None else inputs._replace(cache=cache.layers[i]))
             if i == 0 and self.ngie is not None:
                 x = self.ngie(embeddings, x, inputs.token_mask)
