@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_lm.checkpoint import config_from_dict
 from lit_lm.cli import resolved_config
+from lit_lm.models import EncoderForMaskedLM
 from tests.conftest import ROOT
 
 FILES = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
@@ -37,3 +39,5 @@ def test_every_variant_parses_and_sets_what_it_says(path, name, words):
         for key in keys.split("."):
             node = node[key]
         assert node == yaml.safe_load(value), f"{word}: resolved to {node!r}"
+    if config["model"]["class_path"].endswith("MaskedLMModule"):  # and the model builds (the config checks pass)
+        EncoderForMaskedLM(config_from_dict(config["model"]["init_args"]["config"]))

@@ -148,6 +148,21 @@ class TransformerConfig:
     """Groups of consecutive blocks that share (share_layers): block i (from 0) is in group
     i * share_groups // num_layers, so 1 shares across every block (ALBERT) and num_layers shares nothing."""
 
+    # ---- per-layer widths and DeBERTa's enhanced mask decoder (issue 14, part D) ----
+    layer_widths: list[int] | None = None
+    """One hidden size per block (num_layers of them), e.g. narrow early blocks ("FirstNarrow", the essay: they help
+    small models); a linear projection joins blocks of different widths, and projects the embeddings into the first
+    block and the last block back to hidden_size (so the embeddings, head, tying and final norm keep hidden_size).
+    A block of width w has intermediate_size * w // hidden_size feed-forward units; num_heads must divide each width.
+    Relative positions whose state has the model's head size (rotary, disentangled) need every width at hidden_size;
+    share_layers needs equal widths within each group. None: every block at hidden_size."""
+    enhanced_mask_decoder_layers: int = 0
+    """DeBERTa's enhanced mask decoder in full (He et al. 2021), encoders only: this many extra passes through the
+    last block before the MLM head, whose queries are the body's output plus absolute positions (the table of
+    head_position_embedding, created for it) and whose keys and values are the body's output; each pass's output is
+    the next one's queries. No new attention or feed-forward parameters. 0 disables (head_position_embedding alone
+    is the simplified variant: the positions added straight before the head)."""
+
     # ---- masked-LM head ----
     head_transform: bool = True
     """BERT's MLM head transform (dense, activation, norm) before the vocabulary projection."""

@@ -16,8 +16,9 @@ from lit_lm.models.config import TransformerConfig
 from lit_lm.models.layers.block import TransformerBlock
 from lit_lm.models.layers.cache import KVCache
 from lit_lm.models.layers.conv import NGramInducedEmbedding
+from lit_lm.models.layers.enhanced_mask_decoder import EnhancedMaskDecoder
 from lit_lm.models.layers.heads import MaskedLMHead, select_predictions
-from lit_lm.models.layers.inputs import attention_inputs
+from lit_lm.models.layers.inputs import AttentionInputs, attention_inputs
 from lit_lm.models.layers.norms import build_norm
 from lit_lm.models.layers.positions import POSITION_SCHEMES, position_scheme
 from lit_lm.models.layers.positions.absolute import ABSOLUTE_POSITIONS, build_position_embedding
@@ -25,6 +26,7 @@ from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
 from lit_lm.models.layers.residual import RESIDUAL_OUTPUTS, zero_residual_outputs
 from lit_lm.models.layers.sharing import share_parameters
 from lit_lm.models.layers.token_mixers import TOKEN_MIXERS, token_mixer_max_length
+from lit_lm.models.layers.widths import LayerResize, layer_config
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
 
 
@@ -39,6 +41,7 @@ def check_decoder_config(config: TransformerConfig) -> None:
          config.conv_kernel_size),
         ("head_position_embedding", config.head_position_embedding),
         (f"token_mixer: {config.token_mixer} ({mixer_refusal})", mixer_refusal is not None),
+        ("enhanced_mask_decoder_layers (it attends both ways)", config.enhanced_mask_decoder_layers),
         ("sparse_prediction (a decoder predicts every next token)", config.sparse_prediction),
     ) if on]
     if problems:
@@ -51,7 +54,8 @@ def max_input_length(config: TransformerConfig) -> int | None:
     positions do not: t5 and disentangled bucket or clip long distances, rotary and alibi need no table, and neither
     do sinusoids; such a model trained at one length runs at longer ones."""
     limits = [token_mixer_max_length(config)]
-    if ABSOLUTE_POSITIONS.get(config.position_embedding) is LearnedPositionEmbedding or config.head_position_embedding:
+    if (ABSOLUTE_POSITIONS.get(config.position_embedding) is LearnedPositionEmbedding or config.head_position_embedding
+            or config.enhanced_mask_decoder_layers):  # the last two read the learned table before the head
         limits.append(config.max_sequence_length)
     limits = [limit for limit in limits if limit is not None]
     return min(limits) if limits else None
@@ -84,8 +88,10 @@ class Transformer(nn.Module):
         self.embedding_norm = build_norm(config) if config.embedding_norm else nn.Identity()
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.relative_positions = position_scheme(config.relative_positions)(config, causal)
-        self.ngie = NGramInducedEmbedding(config) if config.conv_kernel_size and not causal else None
-        self.blocks = nn.ModuleList(TransformerBlock(config, causal, i) for i in range(config.num_layers))
+        self.ngie = NGramInducedEmbedding(layer_config(config, 0)) if config.conv_kernel_size and not causal else None
+        self.blocks = nn.ModuleList(TransformerBlock(layer_config(config, i), causal, i)
+                                    for i in range(config.num_layers))
+        self.resize = LayerResize(config) if config.layer_widths is not None else None  # per-layer widths
         share_parameters(self.blocks, config)  # ALBERT's cross-layer sharing, when asked for
         self.final_norm = build_norm(config) if config.final_norm else nn.Identity()
 
@@ -100,6 +106,13 @@ class Transformer(nn.Module):
             x = x + self.token_type_embedding(token_type_ids)
         return self.embedding_dropout(self.embedding_norm(x))
 
+    def attention_inputs(self, attention_mask: torch.Tensor | None, seq: int, dtype: torch.dtype, start: int = 0,
+                         output_attentions: bool = False) -> AttentionInputs:
+        """What every block's attention takes for the queries at ``start .. start + seq - 1``: masks and relative
+        positions (also used by the layers that run after the body: the enhanced mask decoder)."""
+        relative = self.relative_positions(seq, start)
+        return attention_inputs(attention_mask, seq, dtype, self.causal, relative, output_attentions)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 output_attentions: bool = False) -> TransformerOutput:
@@ -107,16 +120,21 @@ class Transformer(nn.Module):
         seq = input_ids.shape[1]  # any length unless a table limits it (max_input_length): that table refuses it
         start = cache.length if cache is not None else 0
         x = embeddings = self.embed(input_ids, token_type_ids, start)
-        relative = self.relative_positions(seq, start)
-        inputs = attention_inputs(attention_mask, seq, x.dtype, self.causal, relative, output_attentions)
+        inputs = self.attention_inputs(attention_mask, seq, x.dtype, start, output_attentions)
         attentions, aux_losses = [], []
         for i, block in enumerate(self.blocks):
+            if self.resize is not None:  # into block i's width (layer_widths)
+                x = self.resize(x, i)
+                if i == 0:
+                    embeddings = x  # the first block's input, which nGiE convolves
             x, weights, aux_loss = block(x, inputs if cache is None else inputs._replace(cache=cache.layers[i]))
             if i == 0 and self.ngie is not None:
                 x = self.ngie(embeddings, x, inputs.token_mask)
             attentions.append(weights)
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
+        if self.resize is not None:
+            x = self.resize(x, len(self.blocks))
         return TransformerOutput(
             self.final_norm(x),
             tuple(attentions) if output_attentions else None,
@@ -186,7 +204,11 @@ class EncoderForMaskedLM(LanguageModel):
         self.config = config
         self.encoder = Transformer(config, causal=False)
         self.head_position_embedding = (  # DeBERTa's enhanced mask decoder, simplified: He et al. 2021
-            LearnedPositionEmbedding(config) if config.head_position_embedding else None
+            LearnedPositionEmbedding(config)
+            if config.head_position_embedding or config.enhanced_mask_decoder_layers else None
+        )
+        self.enhanced_mask_decoder = (  # and in full, with the same position table
+            EnhancedMaskDecoder(config.enhanced_mask_decoder_layers) if config.enhanced_mask_decoder_layers else None
         )
         self.head = MaskedLMHead(config)
         self.tie_and_init()
@@ -201,7 +223,12 @@ class EncoderForMaskedLM(LanguageModel):
         encoded, aux_loss = self.run_body(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                           output_attentions=output_attentions)
         hidden = head_input = encoded.hidden_states
-        if self.head_position_embedding is not None:
+        if self.enhanced_mask_decoder is not None:
+            dtype = self.encoder.token_embedding.weight.dtype  # the body's masks' dtype (its embeddings')
+            inputs = self.encoder.attention_inputs(attention_mask, input_ids.shape[1], dtype)
+            head_input = self.enhanced_mask_decoder(hidden, self.head_position_embedding(input_ids.shape[1]),
+                                                    self.encoder, inputs)
+        elif self.head_position_embedding is not None:
             head_input = hidden + self.head_position_embedding(input_ids.shape[1])
         if labels is None:
             return LMOutput(logits=self.head(head_input), hidden_states=hidden, aux_loss=aux_loss,

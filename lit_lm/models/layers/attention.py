@@ -75,17 +75,26 @@ class SelfAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.out_dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs()
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [batch, seq, hidden]; ``inputs``: the masks, relative positions and cache of this forward.
-        Returns the output and, with ``inputs.need_weights``, the attention weights [batch, heads, seq, keys]."""
-        key_mask, relative, token_mask, need_weights, cache = inputs
-        batch, seq, hidden = x.shape
+    def _project(self, x: torch.Tensor, token_mask: torch.Tensor | None, cache) -> torch.Tensor:
+        """Queries, keys and values of ``x``, each [batch, heads, seq, head_dim], stacked on a first dimension."""
+        batch, seq, _ = x.shape
         qkv = self.qkv(x)
         if self.qkv_conv is not None:
             qkv = self.qkv_conv(qkv, token_mask, cache)
-        q, k, v = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(
+        self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs(), query: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [batch, seq, hidden]; ``inputs``: the masks, relative positions and cache of this forward; ``query``
+        (the shape of ``x``, encoders only): take the queries from it, the keys and values from ``x`` (DeBERTa's
+        enhanced mask decoder). Returns the output and, with ``inputs.need_weights``, the attention weights
+        [batch, heads, seq, keys]."""
+        key_mask, relative, token_mask, need_weights, cache = inputs
+        batch, seq, hidden = x.shape
+        q, k, v = self._project(x, token_mask, cache)
+        if query is not None:
+            q = self._project(query, token_mask, None)[0]
         if relative is None and self.positions.needs_state:
             raise ValueError(f"{self.positions.name} attention needs the model's relative positions "
                              f"(AttentionInputs.relative)")

@@ -48,18 +48,25 @@ class TransformerBlock(nn.Module):
             h = self.drop_branch(h)
         return h if self.rezero is None else self.rezero(h)
 
-    def forward(self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs()) -> BlockOutput:
-        """x: [batch, seq, hidden]; ``inputs`` as ``SelfAttention.forward``."""
+    def _attend(self, x: torch.Tensor, inputs: AttentionInputs, query: torch.Tensor | None):
+        """The attention branch; with ``query``, its queries come from ``query`` (DeBERTa's enhanced mask decoder)."""
+        return self.attn(x, inputs) if query is None else self.attn(x, inputs, query=query)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs = AttentionInputs(),
+                query: torch.Tensor | None = None) -> BlockOutput:
+        """x: [batch, seq, hidden]; ``inputs`` as ``SelfAttention.forward``. With ``query`` (DeBERTa's enhanced mask
+        decoder), attention takes its queries from ``query``, its keys and values from ``x``, and the residual stream
+        that continues is ``query``'s."""
         aux_loss = None
         if self.pre_norm:
-            h, weights = self.attn(self.attn_norm(x), inputs)
-            x = x + self._branch(h)
+            h, weights = self._attend(self.attn_norm(x), inputs, None if query is None else self.attn_norm(query))
+            x = (x if query is None else query) + self._branch(h)
             if self.ffn is not None:
                 h, aux_loss = self._ffn(self.ffn_norm(x), inputs.token_mask)
                 x = x + self._branch(h)
             return BlockOutput(x, weights, aux_loss)
-        h, weights = self.attn(x, inputs)
-        x = self.attn_norm(x + self._branch(h))
+        h, weights = self._attend(x, inputs, query)
+        x = self.attn_norm((x if query is None else query) + self._branch(h))
         if self.ffn is None:
             return BlockOutput(x, weights)
         h, aux_loss = self._ffn(x, inputs.token_mask)

@@ -63,6 +63,9 @@ class PositionScheme(nn.Module):
     """Whether a decoder may use it: it never lets a position see later ones, and works with a KV cache."""
     needs_state: ClassVar[bool] = True
     """Whether attention needs its per-forward state (False only for a scheme that does nothing)."""
+    any_layer_width: ClassVar[bool] = True
+    """Whether it serves blocks of any width (``layer_widths``): False when its state or layer modules have the
+    model's hidden or head size."""
 
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__()

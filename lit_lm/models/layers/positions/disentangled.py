@@ -57,6 +57,7 @@ class RelativePositionEmbedding(PositionScheme):
     """
 
     causal_safe = False
+    any_layer_width = False  # its table and projections have the model's hidden size
 
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__(config, causal)

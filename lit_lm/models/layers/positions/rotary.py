@@ -21,6 +21,8 @@ class RotaryEmbedding(PositionScheme):
     ``forward(seq_len, start)`` returns ``(cos, sin)``, each ``[seq_len, head_dim]``; ``rotate`` applies them.
     """
 
+    any_layer_width = False  # its angles have the model's head size
+
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__(config, causal)
         self.half, self.base = config.head_dim // 2, config.rotary_base
