@@ -3,7 +3,6 @@ share_layers / share_groups. Each changes what it says and nothing else, keeps p
 (decoders) causality and KV-cache decoding, exports as custom code with equal logits, and trains through the CLI."""
 
 import copy
-import sys
 
 import pytest
 import torch
@@ -14,8 +13,9 @@ from lit_lm.models.layers import TransformerBlock
 from lit_lm.models.layers.sharing import layer_group
 from lit_lm.models.layers.stochastic_depth import StochasticDepth, drop_rate
 from lit_lm.modules.optim import decay_param_groups
-from tests.conftest import ROOT
-from tests.models.helpers import padded, tiny
+from tests.models.helpers import (assert_causal_and_cache_equals_full_forward, assert_every_parameter_trains,
+                                  assert_padding_never_changes_real_positions, export_and_reload, quickstart_with,
+                                  tiny)
 from tests.models.test_decoder import GPT2
 
 SWITCHES = {
@@ -257,27 +257,12 @@ def test_bad_values_are_refused_with_the_setting_named(bad, setting):
 # ---- every switch: padding, causality, KV cache, training, export ----
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
 def test_padding_never_changes_real_positions(switches):
-    model = encoder(**switches)
-    real, padded_ids, garbage, mask = padded()
-    with torch.no_grad():
-        alone = model(real).logits
-        for ids in (padded_ids, garbage):
-            torch.testing.assert_close(model(ids, attention_mask=mask).logits[:, :10], alone, atol=1e-4, rtol=1e-4)
+    assert_padding_never_changes_real_positions(encoder(**switches))
 
 
 @pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
 def test_decoder_is_causal_and_kv_cache_decoding_equals_the_full_forward(switches):
-    model = decoder(**switches)
-    ids = torch.randint(0, 50, (2, 14))
-    changed = ids.clone()
-    changed[:, 9:] = torch.randint(0, 50, (2, 5))
-    with torch.no_grad():
-        full = model(ids).logits
-        torch.testing.assert_close(model(changed).logits[:, :9], full[:, :9], atol=1e-5, rtol=1e-5)
-        cache = model.new_cache()
-        pieces = [model(ids[:, :5], cache=cache).logits, model(ids[:, 5:8], cache=cache).logits]
-        pieces += [model(ids[:, t : t + 1], cache=cache).logits for t in range(8, 14)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_causal_and_cache_equals_full_forward(decoder(**switches))
 
 
 @pytest.mark.parametrize("model_class", [EncoderForMaskedLM, DecoderForCausalLM], ids=["encoder", "decoder"])
@@ -285,23 +270,7 @@ def test_decoder_is_causal_and_kv_cache_decoding_equals_the_full_forward(switche
 def test_every_switch_trains_every_parameter(switches, model_class):
     extra = GPT2 if model_class is DecoderForCausalLM else {}
     model = perturbed(model_class(tiny(**{**extra, **switches}))).train()
-    ids = torch.randint(5, 50, (8, 12))
-    out = model(ids, labels=ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
-
-
-def export_and_reload(model: nn.Module, folder, causal: bool) -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    from lit_lm.hf import save_pretrained
-    from lit_lm.hf.remote import CODE_FILE
-
-    folder = save_pretrained(model, folder)
-    assert (folder / CODE_FILE).exists()  # no built-in class expresses these switches: custom code
-    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
-    return auto.from_pretrained(folder, trust_remote_code=True).eval()
+    assert_every_parameter_trains(model)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
@@ -336,24 +305,6 @@ CLI_SWITCHES = {
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
 def test_quickstart_trains_with_the_switch_and_its_export_reloads_with_equal_logits(switches, corpus, tmp_path,
                                                                                      monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    from lit_lm.cli import main
-    from lit_lm.hf import export_checkpoint
-    from tests.test_recipes import TINY
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    switches = {"num_layers": "2", **switches}
-    overrides = [arg for name, value in switches.items() for arg in (f"--model.init_args.config.{name}", value)]
-    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, *overrides,
-                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "2"])
-    trained = cli.model.model.eval()
-    for name, value in switches.items():
+    trained = quickstart_with(switches, corpus, tmp_path, monkeypatch)
+    for name, value in {"num_layers": "2", **switches}.items():
         assert str(getattr(trained.config, name)).lower() == value
-    assert cli.trainer.global_step == 2
-    checkpoint = next((tmp_path / "runs" / "quickstart").rglob("last.ckpt"))
-    folder = export_checkpoint(checkpoint, tmp_path / "export")
-    hf = transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
-    ids = torch.randint(5, trained.config.vocab_size, (2, 16))
-    with torch.no_grad():
-        assert (hf(input_ids=ids).logits - trained(ids).logits).abs().max() <= 1e-5

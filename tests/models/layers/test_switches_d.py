@@ -3,7 +3,6 @@
 and (widths, decoders) causality and KV-cache decoding, exports as custom code with equal logits, and trains through
 the CLI."""
 
-import sys
 
 import pytest
 import torch
@@ -11,8 +10,9 @@ from torch import nn
 
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerConfig
 from lit_lm.models.layers.widths import layer_config
-from tests.conftest import ROOT
-from tests.models.helpers import padded, tiny
+from tests.models.helpers import (assert_causal_and_cache_equals_full_forward, assert_every_parameter_trains,
+                                  assert_padding_never_changes_real_positions, export_and_reload, quickstart_with,
+                                  tiny)
 from tests.models.test_decoder import GPT2
 
 WIDTHS = {  # tiny(): hidden_size 32, 4 heads, intermediate_size 64
@@ -221,27 +221,12 @@ def test_the_classifier_ignores_the_enhanced_mask_decoder():
 # ---- every switch: padding, causality, KV cache, training ----
 @pytest.mark.parametrize("switches", ENCODER_SWITCHES.values(), ids=ENCODER_SWITCHES.keys())
 def test_padding_never_changes_real_positions(switches):
-    model = encoder(**switches)
-    real, padded_ids, garbage, mask = padded()
-    with torch.no_grad():
-        alone = model(real).logits
-        for ids in (padded_ids, garbage):
-            torch.testing.assert_close(model(ids, attention_mask=mask).logits[:, :10], alone, atol=1e-4, rtol=1e-4)
+    assert_padding_never_changes_real_positions(encoder(**switches))
 
 
 @pytest.mark.parametrize("switches", WIDTHS.values(), ids=WIDTHS.keys())
 def test_decoder_is_causal_and_kv_cache_decoding_equals_the_full_forward(switches):
-    model = decoder(**switches)
-    ids = torch.randint(0, 50, (2, 14))
-    changed = ids.clone()
-    changed[:, 9:] = torch.randint(0, 50, (2, 5))
-    with torch.no_grad():
-        full = model(ids).logits
-        torch.testing.assert_close(model(changed).logits[:, :9], full[:, :9], atol=1e-5, rtol=1e-5)
-        cache = model.new_cache()
-        pieces = [model(ids[:, :5], cache=cache).logits, model(ids[:, 5:8], cache=cache).logits]
-        pieces += [model(ids[:, t : t + 1], cache=cache).logits for t in range(8, 14)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_causal_and_cache_equals_full_forward(decoder(**switches))
 
 
 TRAINED = [(EncoderForMaskedLM, name) for name in (*WIDTHS, *EMD)] + [(DecoderForCausalLM, name) for name in WIDTHS]
@@ -253,26 +238,10 @@ def test_every_switch_trains_every_parameter(model_class, name):
     switches = ENCODER_SWITCHES[name]
     extra = GPT2 if model_class is DecoderForCausalLM else {}
     model = model_class(tiny(**{**extra, "initializer_range": 0.3, **switches})).train()
-    ids = torch.randint(5, 50, (8, 12))
-    out = model(ids, labels=ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    assert_every_parameter_trains(model)
 
 
 # ---- HuggingFace: custom code, equal logits ----
-def export_and_reload(model: nn.Module, folder, causal: bool) -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    from lit_lm.hf import save_pretrained
-    from lit_lm.hf.remote import CODE_FILE
-
-    folder = save_pretrained(model, folder)
-    assert (folder / CODE_FILE).exists()  # no built-in class expresses these switches: custom code
-    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModelForMaskedLM
-    return auto.from_pretrained(folder, trust_remote_code=True).eval()
-
-
 EXPORTS = [(False, s) for s in ("first-narrow", "t5", "ngie", "emd-2", "emd-deberta", "emd-widths-primer")]
 EXPORTS += [(True, s) for s in ("narrow-wide-narrow", "alibi-pre-ln")]
 
@@ -304,27 +273,9 @@ CLI_SWITCHES = {
 @pytest.mark.parametrize("switches, expected", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
 def test_quickstart_trains_with_the_switch_and_its_export_reloads_with_equal_logits(switches, expected, corpus,
                                                                                      tmp_path, monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    from lit_lm.cli import main
-    from lit_lm.hf import export_checkpoint
-    from tests.test_recipes import TINY
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    switches = {"num_layers": "2", **switches}
-    overrides = [arg for name, value in switches.items() for arg in (f"--model.init_args.config.{name}", value)]
-    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, *overrides,
-                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "2"])
-    trained = cli.model.model.eval()
+    trained = quickstart_with(switches, corpus, tmp_path, monkeypatch)
     for name, value in expected.items():
         assert getattr(trained.config, name) == value
-    assert cli.trainer.global_step == 2
-    checkpoint = next((tmp_path / "runs" / "quickstart").rglob("last.ckpt"))
-    folder = export_checkpoint(checkpoint, tmp_path / "export")
-    hf = transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
-    ids = torch.randint(5, trained.config.vocab_size, (2, 16))
-    with torch.no_grad():
-        assert (hf(input_ids=ids).logits - trained(ids).logits).abs().max() <= 1e-5
 
 
 def test_the_enhanced_mask_decoder_needs_attention_and_limits_the_length_to_its_table():
