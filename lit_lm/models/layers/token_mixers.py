@@ -71,6 +71,7 @@ class RandomSynthesizer(Synthesizer):
     def __init__(self, config: TransformerConfig, causal: bool = False) -> None:
         super().__init__(config, causal)
         self.matrix = nn.Parameter(torch.empty(config.num_heads, self.max_length, self.max_length))
+        self.init_weights(config.initializer_range)  # never uninitialised memory, even outside a model
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         seq = x.shape[1]
