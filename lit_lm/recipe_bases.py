@@ -3,8 +3,17 @@
 ``--config recipe.yaml`` becomes one ``--config`` per base file (bases of bases first, each once), then the recipe:
 jsonargparse merges several --config files in order, and a recipe's ``trainer.callbacks+:`` appends to its bases'.
 ``RecipeParser`` is Lightning's parser with that expansion; ``lit_lm.cli.LitLMCLI`` builds it.
+
+It also reads one word jsonargparse lacks: a recipe's callback named by its class, so that one command-line word can
+change or remove it wherever it sits in the list (jsonargparse's ``--trainer.callbacks.init_args.X`` reaches only the
+last callback):
+
+    --trainer.callbacks.BatchSizeRamp.ramp_fraction=0     # sets one init argument of the recipe's BatchSizeRamp
+    --trainer.callbacks.BatchSizeRamp=null                # takes it out of the run
 """
 
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +24,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 
 class RecipeError(ValueError):
-    """A recipe names a base file that does not exist, or bases that build on each other in a circle."""
+    """A recipe names a base file that does not exist, or bases that build on each other in a circle; or a word
+    names a callback the run does not have."""
 
 
 BASE_KEY = "base"
@@ -81,4 +91,43 @@ class RecipeParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Optional[list[str]] = None, *rest, **kwargs):
-        return super().parse_args(with_base_configs(list(sys.argv[1:] if args is None else args)), *rest, **kwargs)
+        args = with_base_configs(list(sys.argv[1:] if args is None else args))
+        if any(CALLBACK_WORD.match(arg) for arg in args):
+            args = self.with_callbacks_edited(args)
+        return super().parse_args(args, *rest, **kwargs)
+
+    def with_callbacks_edited(self, args: list[str]) -> list[str]:
+        """``args`` with every ``--trainer.callbacks.<Class>...`` word applied to the callbacks that all the other
+        words give, as one ``--trainer.callbacks=[...]`` word after them."""
+        words = [CALLBACK_WORD.match(arg) for arg in args]
+        others = [arg for arg, word in zip(args, words) if word is None]
+        probe = [arg for arg in others if not arg.startswith("--print_config")]
+        parsed = super().parse_args(probe)
+        subcommand = parsed.get("subcommand")
+        callbacks = parsed.get(f"{subcommand}.trainer.callbacks" if subcommand else "trainer.callbacks") or []
+        callbacks = [json.loads(json.dumps(c.as_dict() if hasattr(c, "as_dict") else c, default=str))
+                     for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
+        for word in filter(None, words):
+            callbacks = edit_callbacks(callbacks, *word.groups())
+        return [*others, f"--trainer.callbacks={json.dumps(callbacks)}"]
+
+
+CALLBACK_WORD = re.compile(r"^--trainer\.callbacks\.([A-Z]\w*)(?:\.(\w+))?=(.*)$", re.DOTALL)
+
+
+def edit_callbacks(callbacks: list[dict], name: str, argument: Optional[str], value: str) -> list[dict]:
+    """``callbacks`` (class_path/init_args dicts) with those of class ``name`` changed: ``argument`` set to ``value``
+    (YAML), or, without an argument and with a value of ``null``, taken out."""
+    matches = [c for c in callbacks if c.get("class_path", "").rsplit(".", 1)[-1] == name]
+    if not matches:
+        present = ", ".join(c.get("class_path", "?").rsplit(".", 1)[-1] for c in callbacks) or "none"
+        raise RecipeError(f"--trainer.callbacks.{name}: this run has no {name} callback (its callbacks: {present}).")
+    parsed = yaml.safe_load(value)
+    if argument is None:
+        if parsed is not None:
+            raise RecipeError(f"--trainer.callbacks.{name}={value}: give `=null` to take the callback out, or "
+                              f"set one of its arguments: --trainer.callbacks.{name}.ARGUMENT=VALUE.")
+        return [c for c in callbacks if c not in matches]
+    for callback in matches:
+        callback.setdefault("init_args", {})[argument] = parsed
+    return callbacks

@@ -6,38 +6,55 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_lm.ablate.spec import read_ablation
 from lit_lm.checkpoint import config_from_dict
 from lit_lm.cli import resolved_config
 from lit_lm.models import EncoderForMaskedLM
 from tests.conftest import ROOT
 
 FILES = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
-
-
-def variants_of(path: Path) -> list[tuple[str, list[str]]]:
-    return list(yaml.safe_load(path.read_text())["variants"].items())
+CASES = [(path, variant) for path in FILES for variant in read_ablation(path).variants if variant.words]
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_an_ablation_file_names_a_base_recipe_and_says_what_it_checks(path):
-    content = yaml.safe_load(path.read_text())
-    assert path.read_text().startswith("# ") and "Checks:" in path.read_text()
-    assert (path.parent / content["base"]).is_file() and int(content.get("seeds", 1)) >= 1
-    names = [name for name, _ in variants_of(path)]
-    assert names and len(set(names)) == len(names)
-    assert all(isinstance(words, list) for _, words in variants_of(path))
+    text = path.read_text()
+    assert text.startswith("# ") and "Checks:" in text and f"python -m lit_lm.ablate {path.relative_to(ROOT)}" in text
+    ablation = read_ablation(path)
+    assert ablation.base.is_file() and ablation.seeds >= 1
+    names = [v.name for v in ablation.variants]
+    assert names and len(set(names)) == len(names) and len(names) == len(yaml.safe_load(text)["variants"])
+    assert not ablation.reference.words and ablation.reference.recipe == ablation.base  # the base recipe itself
 
 
-@pytest.mark.parametrize("path,name,words", [(p, n, w) for p in FILES for n, w in variants_of(p) if w],
-                         ids=[f"{p.stem}:{n}" for p in FILES for n, w in variants_of(p) if w])
-def test_every_variant_parses_and_sets_what_it_says(path, name, words):
-    base = path.parent / yaml.safe_load(path.read_text())["base"]
-    config = resolved_config(base, *words)
-    for word in words:
+def setting(config: dict, keys: str) -> object:
+    """The value at a dotted path of a resolved config; ``trainer.callbacks.Name.arg`` finds the callback by class."""
+    node = config
+    parts = keys.split(".")
+    for i, key in enumerate(parts):
+        if isinstance(node, list):  # the callbacks list: the next key is a class name
+            node = next(c for c in node if c["class_path"].endswith("." + key))["init_args"]
+            continue
+        node = node[key]
+    return node
+
+
+@pytest.mark.parametrize("path,variant", CASES, ids=[f"{p.stem}:{v.name}" for p, v in CASES])
+def test_every_variant_parses_and_sets_what_it_says(path, variant):
+    config = resolved_config(variant.recipe, *variant.words)
+    for word in variant.words:
         keys, value = word.removeprefix("--").split("=", 1)
-        node = config
-        for key in keys.split("."):
-            node = node[key]
-        assert node == yaml.safe_load(value), f"{word}: resolved to {node!r}"
+        assert setting(config, keys) == yaml.safe_load(value), f"{word}: resolved to {setting(config, keys)!r}"
     if config["model"]["class_path"].endswith("MaskedLMModule"):  # and the model builds (the config checks pass)
         EncoderForMaskedLM(config_from_dict(config["model"]["init_args"]["config"]))
+
+
+def test_the_cramming_ablation_has_its_peers_and_takes_out_the_callback_tricks():
+    ablation = read_ablation(ROOT / "configs" / "ablations" / "cramming.yaml")
+    by_name = {v.name: v for v in ablation.variants}
+    assert by_name["original"].recipe.name == "original-bert.yaml" and by_name["hf-trainer"].peer == "hf-trainer"
+    ramp = resolved_config(ablation.base, *by_name["-batch-ramp"].words)
+    assert setting(ramp, "trainer.callbacks.BatchSizeRamp.ramp_fraction") == 0  # the target batch from step one
+    schedule = resolved_config(ablation.base, *by_name["-one-cycle"].words)
+    assert setting(schedule, "trainer.callbacks.OneCycleLR.warmup_fraction") == 0.01
+    assert setting(schedule, "trainer.callbacks.OneCycleLR.initial_lr_ratio") == 0

@@ -1,0 +1,69 @@
+"""``python -m lit_lm.ablate FILE.yaml --minutes M --out DIR [-- train.py words for every run]``
+
+Trains every variant of an ablation file (configs/ablations/*.yaml: a base recipe, its variants as lists of train.py
+words, optional seeds) from scratch under the same wall-clock budget, on the same rows, tokenizer and held-out set,
+and writes DIR/results.md (the table), DIR/results.json, DIR/loss_vs_time.png and DIR/loss_vs_tokens.png. Run the
+same command again after an interruption: finished runs are kept, an interrupted one resumes from its checkpoint.
+
+    python -m lit_lm.ablate configs/ablations/cramming.yaml --minutes 10 --out runs/ablations/cramming
+    python -m lit_lm.ablate configs/ablations/positions.yaml --minutes 1 --out runs/pos -- \\
+        --data.init_args.paths=[../shared/data/gutenberg]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from lit_lm.ablate.runner import Runner, Settings
+from lit_lm.ablate.spec import AblationFileError, read_ablation
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    words = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m lit_lm.ablate", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, help="the ablation file (configs/ablations/*.yaml)")
+    parser.add_argument("--minutes", type=float, required=True, help="training budget of every run, in minutes")
+    parser.add_argument("--out", type=Path, required=True, help="the folder of the runs, table, JSON and plots")
+    parser.add_argument("--seeds", type=int, default=None, help="runs per variant (default: the file's `seeds:`)")
+    parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
+    parser.add_argument("--eval-sequences", type=int, default=512, help="held-out sequences scored for every run")
+    parser.add_argument("--points", type=int, default=10, help="held-out scores along each run (the plots)")
+    parser.add_argument("--downstream", default="", help="comma-separated fine-tuning tasks (lit_lm.glue), e.g. sst2")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0 or (args.seeds is not None and args.seeds < 1) or args.eval_sequences < 1 or args.points < 1:
+        parser.error("--minutes must be > 0; --seeds, --eval-sequences and --points >= 1")
+    return args, words
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, words = parse(list(sys.argv[1:] if argv is None else argv))
+    try:
+        ablation = read_ablation(args.file)
+        if args.seeds is not None:
+            ablation = type(ablation)(ablation.path, ablation.base, ablation.variants, args.seeds, ablation.text)
+        if args.only:
+            names = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = sorted(set(names) - {v.name for v in ablation.variants})
+            if unknown:
+                raise AblationFileError(f"--only: no variant {', '.join(unknown)} in {args.file} (its variants: "
+                                        f"{', '.join(v.name for v in ablation.variants)}).")
+            ablation = type(ablation)(ablation.path, ablation.base, tuple(v for v in ablation.variants
+                                      if v.name in names or v == ablation.reference), ablation.seeds, ablation.text)
+        settings = Settings(args.minutes, args.out, words, args.eval_sequences, args.points,
+                            [t.strip() for t in args.downstream.split(",") if t.strip()])
+        Runner(ablation, settings).run()
+    except AblationFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nablate: interrupted; run the same command again to resume (finished runs are kept in {args.out}).",
+              file=sys.stderr)
+        return 130
+    print(f"ablate: {args.out / 'results.md'}, results.json, loss_vs_time.png, loss_vs_tokens.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
