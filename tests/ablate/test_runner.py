@@ -1,0 +1,93 @@
+"""python -m lit_lm.ablate: two variants at tiny shapes train under the same budget into a table, a JSON file and
+two plots; run again, it keeps what finished and resumes what did not."""
+
+import json
+import re
+import sys
+
+import pytest
+
+from lit_lm.ablate.__main__ import main
+from lit_lm.heldout import HeldOutSet
+from tests.conftest import ROOT
+from tests.test_recipes import TINY
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def ablation_file(tmp_path, variants: str):
+    path = tmp_path / "two.yaml"
+    path.write_text("# Two variants at tiny shapes. Checks: the runner.\n"
+                    f"base: {ROOT / 'configs' / 'quickstart.yaml'}\nvariants:\n{variants}")
+    return path
+
+
+def words(corpus) -> list[str]:
+    tiny = [f"{TINY[i]}={TINY[i + 1]}" for i in range(0, len(TINY), 2) if "trainer" not in TINY[i]]
+    return [*tiny, f"--data.init_args.paths=[{corpus}]"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One two-variant ablation, 0.1 minute per run (the budget clock), on a generated corpus."""
+    from tests.conftest import write_corpus
+
+    tmp = tmp_path_factory.mktemp("ablation")
+    corpus = write_corpus(tmp / "corpus")
+    path = ablation_file(tmp, "  base: []\n  short-warmup: [--trainer.callbacks.OneCycleLR.warmup_fraction=0.01]\n")
+    out = tmp / "out"
+    assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
+                 *words(corpus)]) == 0
+    return path, out, corpus
+
+
+def test_two_variants_give_the_table_the_json_and_both_plots(finished):
+    _, out, _ = finished
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["variant"]: r for r in results["runs"]}
+    assert list(runs) == ["base", "short-warmup"] and results["reference"] == "base"
+    heldout = HeldOutSet.load(out / "heldout.pt")
+    assert results["heldout"]["scored_tokens"] == heldout.scored_tokens > 0
+    for run in runs.values():
+        assert run["steps"] > 0 and run["tokens_seen"] > 0 and run["parameters"] > 1000
+        assert 5.0 <= run["train_seconds"] <= 6.0 + 4.0, run  # the budget clock: 0.1 minute (and the last step)
+        curve = run["curve"]
+        assert len(curve) >= 2 and curve[-1]["heldout_loss"] == pytest.approx(run["heldout_loss"], 1e-4), curve
+        assert [p["step"] for p in curve] == sorted({p["step"] for p in curve}) and curve[-1]["step"] == run["steps"]
+    delta = runs["short-warmup"]["heldout_loss"] - runs["base"]["heldout_loss"]
+    assert results["variants"][1]["delta"] == pytest.approx(delta)
+    table = (out / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| short-warmup |"))
+    assert "OneCycleLR.warmup_fraction=0.01" in row and f"{delta:+.3f}" in row
+    assert re.search(r"\| base \|  \| [\d,]+ \| \d+ \| [\d,]+ \| [\d,]+ \| \d+\.\d{3} \|  \|", table)
+    assert "python -m lit_lm.ablate" in table and "Machine:" in table
+    for name in ("loss_vs_time.png", "loss_vs_tokens.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+
+
+def test_run_again_it_keeps_finished_runs_and_resumes_an_interrupted_one(finished):
+    path, out, corpus = finished
+    kept = out / "runs" / "base" / "seed0"
+    interrupted = out / "runs" / "short-warmup" / "seed0"
+    before = json.loads((interrupted / "result.json").read_text())
+    (interrupted / "result.json").unlink()  # as if the runner died after the run's last checkpoint
+    kept_log = (kept / "train.log").read_text()
+    assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
+                 *words(corpus)]) == 0
+    assert (kept / "train.log").read_text() == kept_log  # not trained again
+    assert "resuming from" in (interrupted / "train.log").read_text()
+    assert "--ckpt_path=last" in (interrupted / "command.txt").read_text()
+    after = json.loads((interrupted / "result.json").read_text())
+    assert after["steps"] == before["steps"]  # its budget was spent: nothing left to train
+    assert after["heldout_loss"] == pytest.approx(before["heldout_loss"])
+
+
+def test_other_settings_in_the_same_folder_and_a_variant_changing_the_data_are_refused(finished, tmp_path, capsys):
+    path, out, corpus = finished
+    assert main([str(path), "--minutes", "0.2", "--out", str(out), "--", *words(corpus)]) == 2
+    assert "other settings (minutes" in capsys.readouterr().err
+    changing = ablation_file(tmp_path, "  base: []\n  more-held-out: [--data.init_args.val_fraction=0.3]\n")
+    assert main([str(changing), "--minutes", "0.1", "--out", str(tmp_path / "out"), "--", *words(corpus)]) == 2
+    assert "changes the data settings (val_fraction)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # refused before anything trained
