@@ -263,7 +263,9 @@ class Runner:
         order = [v.name for v in self.ablation.variants]
         reference = self.ablation.reference.name
         summaries = summarize(results, order, reference)
-        tasks = [t for t in self.settings.downstream if any(t in r.downstream for r in results)]
+        from lit_lm.glue.suite import task_name
+
+        tasks = [name for name in map(task_name, self.settings.downstream) if any(name in r.downstream for r in results)]
         import lightning as L
 
         machine = (f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}, "

@@ -91,3 +91,20 @@ def test_other_settings_in_the_same_folder_and_a_variant_changing_the_data_are_r
     assert main([str(changing), "--minutes", "0.1", "--out", str(tmp_path / "out"), "--", *words(corpus)]) == 2
     assert "changes the data settings (val_fraction)" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()  # refused before anything trained
+
+
+def test_downstream_fine_tunes_every_run_and_adds_a_column(finished, tmp_path):
+    from tests.glue.test_suite import write_task
+
+    path, out, corpus = finished
+    task = write_task(tmp_path / "task", "bright", rows=48)
+    assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3",
+                 "--downstream", str(task), "--", *words(corpus)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    scores = [run["downstream"]["bright"] for run in results["runs"]]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    table = (out / "results.md").read_text()
+    assert next(line for line in table.splitlines() if line.startswith("| variant |")).endswith("| bright |")
+    for run in results["runs"]:
+        assert f"{100 * run['downstream']['bright']:.1f} |" in next(
+            line for line in table.splitlines() if line.startswith(f"| {run['variant']} |"))
