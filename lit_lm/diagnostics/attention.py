@@ -145,11 +145,11 @@ def column_scores(maps: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> C
 def plot_attention(maps: torch.Tensor, tokens: list[str], layers: list[int] | None = None, title: str | None = None,
                    panel_inches: float = 2.4):
     """A matplotlib ``Figure`` with one heatmap per head: a row per layer, a column per head; rows are queries,
-    columns the keys they attend to, darker is more attention. Token labels are drawn for up to 40 tokens.
+    columns the keys they attend to, darker is more attention (0 to 1 on every panel, so figures compare). The
+    bottom-left panel carries the token labels (up to 40 tokens); every panel has the same axes.
 
     ``layers`` names the rows (block indices; default 0, 1, ...). The figure is built without pyplot, so it needs no
-    display and leaves no global state behind: save it with ``fig.savefig(path)``, or show it in a notebook with
-    ``IPython.display.display(fig)``.
+    display and leaves no global state behind: save it with ``fig.savefig(path)`` or render it with ``figure_png``.
     """
     from matplotlib.figure import Figure
 
@@ -159,7 +159,12 @@ def plot_attention(maps: torch.Tensor, tokens: list[str], layers: list[int] | No
     names = list(layers) if layers is not None else list(range(n_layers))
     labels = tokens if n <= 40 else None
     vmax = max(1.0, float(maps.max()))  # unnormalised (ReLU) weights can exceed 1
-    fig = Figure(figsize=(panel_inches * n_heads, panel_inches * n_layers + (0.4 if title else 0)))
+    # margins in inches: room for the token labels and the titles (tight_layout would cost seconds per figure)
+    side, top = (0.9 if labels else 0.15), (0.65 if title else 0.3)
+    width, height = panel_inches * n_heads + side + 0.15, panel_inches * n_layers + side + top
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=side / width, right=1 - 0.15 / width, bottom=side / height, top=1 - top / height,
+                        wspace=0.1, hspace=0.25)
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for row in range(n_layers):
         for head in range(n_heads):
@@ -167,13 +172,11 @@ def plot_attention(maps: torch.Tensor, tokens: list[str], layers: list[int] | No
             ax.imshow(maps[row, head].float().cpu().numpy(), cmap="Blues", vmin=0, vmax=vmax)
             ax.set_title(f"layer {names[row]} head {head}", fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
-            if labels and row == n_layers - 1:
-                ax.set_xticks(range(n), labels, rotation=90, fontsize=5)
-            if labels and head == 0:
-                ax.set_yticks(range(n), labels, fontsize=5)
+    if labels:
+        axes[-1][0].set_xticks(range(n), labels, rotation=90, fontsize=5)
+        axes[-1][0].set_yticks(range(n), labels, fontsize=5)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
