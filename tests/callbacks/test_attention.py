@@ -97,3 +97,12 @@ def test_training_is_bitwise_the_same_with_the_callback(runs):
 def test_bad_settings_are_refused_with_one_error(kwargs):
     with pytest.raises(ValueError, match="AttentionDiagnostics: every_n_steps must be >= 1"):
         AttentionDiagnostics(**kwargs)
+
+
+def test_a_run_without_a_tokenizer_is_refused_before_training(tmp_path):
+    from tests.callbacks.helpers import LinearOnTokens, quiet_trainer
+
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[AttentionDiagnostics(every_n_steps=1)])
+    with pytest.raises(ValueError, match="AttentionDiagnostics needs a datamodule with a tokenizer"):
+        trainer.fit(LinearOnTokens())
+    assert trainer.global_step == 0
