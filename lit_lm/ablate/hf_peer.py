@@ -176,7 +176,8 @@ def heldout_loss(model, heldout: dict, batch_size: int = 64) -> float:
     for start in range(0, len(heldout["inputs"]), batch_size):
         part = slice(start, start + batch_size)
         labels = heldout["labels"][part].to(device)
-        logits = model(heldout["inputs"][part].to(device), attention_mask=heldout["attention_mask"][part].to(device)).logits
+        mask = heldout["attention_mask"][part].to(device)
+        logits = model(heldout["inputs"][part].to(device), attention_mask=mask).logits
         total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                                    reduction="sum").item()
         count += int((labels != -100).sum())
@@ -384,7 +385,8 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
         "max_steps_estimate": {"seconds_per_step": round(step_seconds, 5), "calibration_steps": calibration_steps,
                                "one_epoch_steps": one_epoch, "capped_by_epoch": max_steps == one_epoch},
         "stopped_by": budget.stopped_by,
-        "lr_schedule": {**BERT_SETTINGS, "warmup_steps": args.warmup_steps, "optimizer": getattr(args.optim, "value", str(args.optim)),
+        "lr_schedule": {**BERT_SETTINGS, "warmup_steps": args.warmup_steps,
+                        "optimizer": getattr(args.optim, "value", str(args.optim)),
                         "mlm_probability": MLM_PROBABILITY, "seed": seed,
                         "source": "BERT (Devlin et al. 2018): lr 1e-4, betas (0.9, 0.999), weight decay 0.01, "
                                   "1% warmup then linear decay; eps 1e-6 and clipping 1.0 as in its code"},
@@ -426,8 +428,9 @@ def run_hf_peer(config: dict, seconds: float, heldout: str | Path, out: str | Pa
         return json.loads((out / "result.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "lit_lm.ablate.hf_peer", "--config", str(out / "run.yaml"), "--seconds",
-               str(seconds), "--heldout", str(heldout), "--out", str(out), "--calibration-steps", str(calibration_steps)]
+    command = [sys.executable, "-m", "lit_lm.ablate.hf_peer", "--config", str(out / "run.yaml"),
+               "--seconds", str(seconds), "--heldout", str(heldout), "--out", str(out),
+               "--calibration-steps", str(calibration_steps)]
     if eval_every:
         command += ["--eval-every", str(eval_every)]
     root = str(Path(__file__).resolve().parents[2])  # this checkout's lit_lm, even where another one is installed
