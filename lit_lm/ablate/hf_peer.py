@@ -46,13 +46,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import yaml
 
-from lit_lm.data.store import TokenStore
-from lit_lm.data.streaming import Permutation, as_batch, epoch_seed
+if TYPE_CHECKING:
+    from lit_lm.data.store import TokenStore
 
 PEER_PACKAGES = ("transformers", "accelerate")
 INSTALL_HINT = "pip install 'lit-lm[peer]'  (or: pip install transformers accelerate)"
@@ -111,9 +112,10 @@ def training_precision(config: dict) -> tuple[str, str]:
 
 
 def precision_arguments(precision: str) -> dict:
-    """TrainingArguments' mixed-precision flags for a lit-lm precision: bf16, fp16 only on a GPU, else fp32."""
+    """TrainingArguments' mixed-precision flags for a lit-lm precision: bf16 (on a CPU too, where auto_precision
+    measured it faster), fp16 only on a GPU, else fp32."""
     if precision.startswith("bf16"):
-        return {"bf16": True}
+        return {"bf16": True} if torch.cuda.is_available() else {"bf16": True, "use_cpu": True}
     if precision.startswith("16") and torch.cuda.is_available():
         return {"fp16": True}
     return {}
@@ -138,12 +140,14 @@ class OrderedRows(torch.utils.data.IterableDataset):
     one example per row with BERT's ``special_tokens_mask`` (as transformers' run_mlm example tokenizes), and the
     real-token count of every row served, in order (``lengths``)."""
 
-    def __init__(self, store: TokenStore, seed: int, special_ids: list[int], limit: int, chunk: int = 256) -> None:
+    def __init__(self, store: "TokenStore", seed: int, special_ids: list[int], limit: int, chunk: int = 256) -> None:
         self.store, self.seed, self.limit, self.chunk = store, seed, limit, chunk
         self.special_ids = torch.tensor(special_ids)
         self.lengths: list[int] = []
 
     def __iter__(self):
+        from lit_lm.data.streaming import Permutation, as_batch, epoch_seed
+
         self.lengths = []
         permutation = Permutation(len(self.store), epoch_seed(self.seed, 0))
         for first in range(0, self.limit, self.chunk):
@@ -332,15 +336,15 @@ def calibrate(model, collator, rows_args: tuple, micro: int, accumulation: int, 
 def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval_every: float | None = None,
                calibration_steps: int = 5, eval_batch_size: int = 64) -> dict:
     """Train the peer for ``seconds`` of training and write ``out``'s files (module docstring); its result."""
+    if seconds <= 0:
+        raise ValueError(f"--seconds must be > 0, got {seconds}.")
+    heldout = load_heldout(heldout_path)  # a wrong path fails at once, before the slow imports
     require_peer_packages()
     from transformers import DataCollatorForLanguageModeling, Trainer
 
-    if seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {seconds}.")
     eval_every = eval_every or seconds / 10
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").unlink(missing_ok=True)
-    heldout = load_heldout(heldout_path)
     datamodule = load_data(config)
     seed = int(config.get("seed_everything") or 0)
     micro, accumulation = batch_sizes(config)
@@ -460,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         require_peer_packages()
-        config = yaml.safe_load(args.config.read_text())
+        config = yaml.safe_load(args.config.read_text())  # before the slow imports: a wrong path fails at once
         result = train_peer(config, args.seconds, args.heldout, args.out, args.eval_every, args.calibration_steps,
                             args.eval_batch_size)
     except (ImportError, ValueError, FileNotFoundError) as error:
