@@ -18,7 +18,8 @@ transformers' default way, not lit-lm's:
   (``data.batch_size`` times the accumulation that reaches the ``BatchSizeRamp`` target, or
   ``trainer.accumulate_grad_batches`` without a ramp); mixed precision as lit-lm's ``trainer.precision`` resolves
   (bf16 where ``auto_precision`` says bf16-mixed, fp16 for 16-mixed on a GPU, else fp32); no evaluation by the
-  Trainer; the seed is the config's ``seed_everything``.
+  Trainer; the seed is the config's ``seed_everything``. One fix: an accumulated batch's loss is the mean of its
+  micro-batches' losses, where this Trainer would sum them for BertForMaskedLM (huggingface/transformers#47688).
 - The budget is ``--seconds`` of training only: data preparation, model building and the calibration below are
   outside it, as lit-lm's ``Timer`` counts. ``BudgetCallback`` stops training at the first optimizer step after the
   budget is spent. So that warmup-then-decay ends at the budget, ``max_steps`` is estimated beforehand from a timed
@@ -64,7 +65,8 @@ MLM_PROBABILITY = 0.15  # BERT's masking rate; the collator replaces 80% with [M
 CURVE_COLUMNS = ("step", "train_seconds", "tokens_seen", "heldout_loss")
 RESULT_KEYS = ("steps", "train_seconds", "tokens_seen", "tokens_counted", "tokens_per_sec", "heldout_loss",
                "parameters", "precision", "precision_reason", "batch_size", "micro_batch_size",
-               "gradient_accumulation_steps", "max_steps", "max_steps_estimate", "stopped_by", "lr_schedule", "model")
+               "gradient_accumulation_steps", "max_steps", "max_steps_estimate", "stopped_by", "lr_schedule",
+               "model")
 TOKENS_COUNTED = "non-padding tokens (attention-mask sum) of every row in a finished optimizer step, as ThroughputMFU"
 TAIL_LINES = 40
 
@@ -109,6 +111,11 @@ def training_precision(config: dict) -> tuple[str, str]:
     if precision == "auto":
         return auto_precision(config["trainer"].get("accelerator", "auto"))
     return precision, "trainer.precision of the config"
+
+
+def ran_precision(arguments: dict) -> str:
+    """The lit-lm name of what TrainingArguments' flags run: bf16-mixed, 16-mixed or 32-true."""
+    return "bf16-mixed" if arguments.get("bf16") else "16-mixed" if arguments.get("fp16") else "32-true"
 
 
 def precision_arguments(precision: str) -> dict:
@@ -290,7 +297,12 @@ def build_model(datamodule, model_config: dict, seed: int):
                         intermediate_size=model_config["intermediate_size"],
                         max_position_embeddings=model_config["max_position_embeddings"],
                         pad_token_id=datamodule.pad_token_id)
-    return BertForMaskedLM(config)
+    model = BertForMaskedLM(config)
+    # Its forward takes **kwargs but its loss ignores num_items_in_batch, and Trainer, reading **kwargs as support,
+    # then skips dividing by the accumulation steps: the loss and gradients grow with the accumulation
+    # (huggingface/transformers#47688). Saying it does not take them restores the mean over the accumulated batch.
+    model.accepts_loss_kwargs = False
+    return model
 
 
 def hf_tokenizer(datamodule):
@@ -344,7 +356,8 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
 
     eval_every = eval_every or seconds / 10
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    for stale in [*out.glob("trainer-*"), *out.glob(".model-*")]:  # what an interrupted run left
+        shutil.rmtree(stale)
     datamodule = load_data(config)
     seed = int(config.get("seed_everything") or 0)
     micro, accumulation = batch_sizes(config)
@@ -354,6 +367,9 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
         raise ValueError(f"the training split holds {len(datamodule.train_store)} rows, fewer than one batch of "
                          f"{rows_per_step} (data.batch_size x accumulation); add text to data.paths.")
     precision, reason = training_precision(config)
+    if ran_precision(precision_arguments(precision)) != precision:
+        reason += f"; the base's {precision} runs as {ran_precision(precision_arguments(precision))} here"
+        precision = ran_precision(precision_arguments(precision))
     tokenizer = hf_tokenizer(datamodule)
     model = build_model(datamodule, config["model"]["init_args"]["config"], seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=MLM_PROBABILITY)
@@ -388,10 +404,11 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
         "max_steps": max_steps,
         "max_steps_estimate": {"seconds_per_step": round(step_seconds, 5), "calibration_steps": calibration_steps,
                                "one_epoch_steps": one_epoch, "capped_by_epoch": max_steps == one_epoch},
-        "stopped_by": budget.stopped_by,
+        "stopped_by": "epoch" if budget.stopped_by == "max_steps" and max_steps == one_epoch else budget.stopped_by,
         "lr_schedule": {**BERT_SETTINGS, "warmup_steps": args.warmup_steps,
                         "optimizer": getattr(args.optim, "value", str(args.optim)),
                         "mlm_probability": MLM_PROBABILITY, "seed": seed,
+                        "accumulated_loss": "the mean of the micro-batches' mean losses (transformers#47688)",
                         "source": "BERT (Devlin et al. 2018): lr 1e-4, betas (0.9, 0.999), weight decay 0.01, "
                                   "1% warmup then linear decay; eps 1e-6 and clipping 1.0 as in its code"},
         "model": "model",
