@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -139,10 +140,24 @@ def test_a_finished_run_is_detected_by_its_result(run, heldout, monkeypatch):
     assert hf_peer.run_hf_peer({}, SECONDS, heldout, out) == result
 
 
-def test_a_failed_run_raises_with_the_end_of_its_log(config, tmp_path):
-    with pytest.raises(hf_peer.PeerError, match=r"(?s)exit status 2.*error: .*missing.pt"):
-        hf_peer.run_hf_peer(config, SECONDS, tmp_path / "missing.pt", tmp_path / "out")
-    assert not (tmp_path / "out" / "result.json").exists()
+def test_a_failed_run_raises_with_the_end_of_its_log(tmp_path, monkeypatch):
+    python = tmp_path / "python"  # stands in for the interpreter: a long log, then a failure
+    python.write_text("#!/bin/sh\nfor i in $(seq 1 100); do echo line $i; done\necho 'error: it broke' >&2\nexit 3\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    with pytest.raises(hf_peer.PeerError, match=r"(?s)exit status 3.*line 100\nerror: it broke") as error:
+        hf_peer.run_hf_peer({"data": {}}, SECONDS, tmp_path / "heldout.pt", tmp_path / "out")
+    assert "line 50\n" not in str(error.value)  # only the tail
+    assert (tmp_path / "out" / "run.yaml").is_file() and not (tmp_path / "out" / "result.json").exists()
+
+
+def test_the_command_line_names_a_wrong_held_out_file_in_one_line(config, tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_:
+        hf_peer.main(["--config", str(tmp_path / "run.yaml"), "--seconds", "1", "--heldout",
+                      str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "missing.pt" in capsys.readouterr().err
 
 
 def test_the_collator_masks_15_percent_of_the_real_tokens_80_10_10(datamodule):
