@@ -23,7 +23,8 @@ transformers' default way, not lit-lm's:
 - The budget is ``--seconds`` of training only: data preparation, model building and the calibration below are
   outside it, as lit-lm's ``Timer`` counts. ``BudgetCallback`` stops training at the first optimizer step after the
   budget is spent. So that warmup-then-decay ends at the budget, ``max_steps`` is estimated beforehand from a timed
-  calibration (a few optimizer steps of a throwaway copy of the model); ``result.json`` says what was estimated.
+  calibration (a few micro-batch steps of a throwaway copy of the model, times the accumulation); ``result.json``
+  says what was estimated.
 - Every ``--eval-every`` seconds of training (default a tenth of the budget) and at the end, with the budget clock
   paused, the held-out set is scored: mean cross-entropy over every label != -100, in fp32.
 
@@ -69,6 +70,7 @@ RESULT_KEYS = ("steps", "train_seconds", "tokens_seen", "tokens_counted", "token
                "model")
 TOKENS_COUNTED = "non-padding tokens (attention-mask sum) of every row in a finished optimizer step, as ThroughputMFU"
 TAIL_LINES = 40
+CALIBRATION_SHARE = 0.05  # the calibration times micro-batches until they add up to this share of the budget
 
 
 class PeerError(RuntimeError):
@@ -262,11 +264,12 @@ def _transformers_callback():
     return BudgetCallback
 
 
-def _step_timer():
+def _step_timer(limit: float):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """The seconds of each optimizer step after the first (which warms up kernels and allocators)."""
+        """The seconds of each optimizer step after the first (which warms up kernels and allocators); stops
+        training once the timed steps add up to ``limit`` seconds."""
 
         def __init__(self) -> None:
             self.last, self.durations = None, []
@@ -282,6 +285,7 @@ def _step_timer():
                 now = time.perf_counter()
                 self.durations.append(now - self.last)
                 self.last = now
+                control.should_training_stop = control.should_training_stop or sum(self.durations) >= limit
 
     return StepTimer()
 
@@ -332,17 +336,18 @@ def _training_arguments(folder: Path, seed: int, micro: int, accumulation: int, 
         **precision_arguments(precision))
 
 
-def calibrate(model, collator, rows_args: tuple, micro: int, accumulation: int, precision: str, seed: int,
-              steps: int, folder: Path) -> float:
-    """Seconds per optimizer step, the median of ``steps`` timed steps (after one untimed) of a throwaway copy of
-    the model on the run's first rows."""
+def calibrate(model, collator, rows_args: tuple, micro: int, precision: str, seed: int, steps: int, limit: float,
+              folder: Path) -> tuple[float, int]:
+    """Seconds per micro-batch (forward, backward and an optimizer step): the median of up to ``steps`` timed steps
+    of one micro-batch (after one untimed), fewer once they add up to ``limit`` seconds, of a throwaway copy of the
+    model on the run's first rows; and how many were timed."""
     from transformers import Trainer
 
-    timer = _step_timer()
-    args = _training_arguments(folder, seed, micro, accumulation, steps + 1, precision, log_every=10**9)
+    timer = _step_timer(limit)
+    args = _training_arguments(folder, seed, micro, 1, steps + 1, precision, log_every=10**9)
     Trainer(model=copy.deepcopy(model), args=args, train_dataset=OrderedRows(*rows_args), data_collator=collator,
             callbacks=[timer]).train()
-    return float(np.median(timer.durations))
+    return float(np.median(timer.durations)), len(timer.durations)
 
 
 def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval_every: float | None = None,
@@ -376,11 +381,12 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
     rows_args = (datamodule.train_store, datamodule.seed, datamodule.special_token_ids, one_epoch * rows_per_step)
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=out))
     try:
-        step_seconds = calibrate(model, collator, rows_args, micro, accumulation, precision, seed,
-                                 calibration_steps, scratch)
+        micro_seconds, timed = calibrate(model, collator, rows_args, micro, precision, seed, calibration_steps,
+                                         seconds * CALIBRATION_SHARE, scratch)
+        step_seconds = micro_seconds * accumulation  # the optimizer's own step, counted each time, is the noise
         max_steps = max(1, min(one_epoch, math.floor(seconds / step_seconds)))
-        print(f"peer: {step_seconds:.4f} s per optimizer step measured over {calibration_steps} steps; max_steps "
-              f"{max_steps} (one epoch: {one_epoch})", flush=True)
+        print(f"peer: {micro_seconds:.4f} s per micro-batch over {timed} timed, so {step_seconds:.4f} s per "
+              f"optimizer step of {accumulation}; max_steps {max_steps} (one epoch: {one_epoch})", flush=True)
         curve = out / "curve.csv"
         with open(curve, "w", newline="") as f:
             csv.DictWriter(f, CURVE_COLUMNS).writeheader()
@@ -402,8 +408,9 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
         "parameters": sum(p.numel() for p in model.parameters()), "precision": precision, "precision_reason": reason,
         "batch_size": rows_per_step, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
         "max_steps": max_steps,
-        "max_steps_estimate": {"seconds_per_step": round(step_seconds, 5), "calibration_steps": calibration_steps,
-                               "one_epoch_steps": one_epoch, "capped_by_epoch": max_steps == one_epoch},
+        "max_steps_estimate": {"seconds_per_micro_batch": round(micro_seconds, 5), "timed_micro_batches": timed,
+                               "seconds_per_step": round(step_seconds, 5), "one_epoch_steps": one_epoch,
+                               "capped_by_epoch": max_steps == one_epoch},
         "stopped_by": "epoch" if budget.stopped_by == "max_steps" and max_steps == one_epoch else budget.stopped_by,
         "lr_schedule": {**BERT_SETTINGS, "warmup_steps": args.warmup_steps,
                         "optimizer": getattr(args.optim, "value", str(args.optim)),
@@ -476,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=float, default=None,
                         help="seconds of training between held-out scores (default: a tenth of the budget)")
     parser.add_argument("--calibration-steps", type=int, default=5,
-                        help="timed optimizer steps that estimate max_steps (outside the budget)")
+                        help="micro-batches timed (at most; fewer once they add up to a twentieth of the budget) to "
+                             "estimate max_steps, outside the budget")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="held-out rows per forward pass")
     args = parser.parse_args(argv)
     try:

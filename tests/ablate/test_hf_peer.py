@@ -82,7 +82,9 @@ def test_the_subprocess_trains_within_the_budget_and_writes_its_result(run, data
     assert json.loads((out / "result.json").read_text()) == result
     assert (result["micro_batch_size"], result["gradient_accumulation_steps"], result["batch_size"]) == (4, 2, 8)
     assert result["steps"] >= 3 and result["steps"] <= result["max_steps"]
-    assert result["max_steps_estimate"]["seconds_per_step"] > 0
+    estimate = result["max_steps_estimate"]
+    assert 1 <= estimate["timed_micro_batches"] <= 3
+    assert estimate["seconds_per_step"] == pytest.approx(2 * estimate["seconds_per_micro_batch"], rel=1e-3)
     step = result["train_seconds"] / result["steps"]
     assert result["train_seconds"] <= SECONDS + 3 * step  # the time stop acts at the first step past the budget
     if result["stopped_by"] != "time":  # the estimated schedule (or the epoch) ended before the budget
