@@ -13,7 +13,7 @@ transformers' default way, not lit-lm's:
   output matrix tied to the input embeddings.
 - ``transformers.Trainer`` with ``DataCollatorForLanguageModeling`` (15% of the tokens masked, 80/10/10), the
   Trainer's default AdamW, BERT's published settings (Devlin et al. 2018, and the Adam epsilon of its code):
-  ``BERT_SETTINGS``; warmup over the first 1% of the steps, then linear decay to zero (``lr_scheduler_type
+  ``BERT_SETTINGS``; warmup over the first 1% of the steps (rounded down), then linear decay to zero (``lr_scheduler_type
   linear``); gradient clipping at 1.0 (the Trainer's default and BERT's code); the base's effective batch
   (``data.batch_size`` times the accumulation that reaches the ``BatchSizeRamp`` target, or
   ``trainer.accumulate_grad_batches`` without a ramp); mixed precision as lit-lm's ``trainer.precision`` resolves
@@ -320,6 +320,12 @@ def hf_tokenizer(datamodule):
                                    **special_tokens(tokenizer))
 
 
+def warmup_steps(max_steps: int) -> int:
+    """BERT's 1% warmup in whole steps, rounded down: none below 100 steps (transformers' linear warmup gives its
+    first step a learning rate of 0, a whole step lost in a short run)."""
+    return math.floor(BERT_SETTINGS["warmup_fraction"] * max_steps)
+
+
 def _training_arguments(folder: Path, seed: int, micro: int, accumulation: int, max_steps: int, precision: str,
                         log_every: int):
     from transformers import TrainingArguments
@@ -330,7 +336,7 @@ def _training_arguments(folder: Path, seed: int, micro: int, accumulation: int, 
         adam_beta1=BERT_SETTINGS["adam_beta1"], adam_beta2=BERT_SETTINGS["adam_beta2"],
         adam_epsilon=BERT_SETTINGS["adam_epsilon"], weight_decay=BERT_SETTINGS["weight_decay"],
         max_grad_norm=BERT_SETTINGS["max_grad_norm"], lr_scheduler_type=BERT_SETTINGS["lr_scheduler_type"],
-        warmup_steps=math.ceil(BERT_SETTINGS["warmup_fraction"] * max_steps), eval_strategy="no",
+        warmup_steps=warmup_steps(max_steps), eval_strategy="no",
         save_strategy="no", report_to="none", logging_steps=log_every, disable_tqdm=True, seed=seed,
         data_seed=seed, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         **precision_arguments(precision))

@@ -91,7 +91,8 @@ def test_the_subprocess_trains_within_the_budget_and_writes_its_result(run, data
         assert result["steps"] == result["max_steps"]
     else:
         assert result["train_seconds"] >= SECONDS
-    assert result["lr_schedule"]["warmup_steps"] == int(np.ceil(0.01 * result["max_steps"]))
+    assert result["lr_schedule"]["warmup_steps"] == hf_peer.warmup_steps(result["max_steps"])
+    assert (hf_peer.warmup_steps(99), hf_peer.warmup_steps(250)) == (0, 2)  # none below 100 steps
     # tokens: the real tokens of the first steps x 8 rows in lit-lm's first-epoch order
     store = datamodule.train_store
     rows = Permutation(len(store), epoch_seed(datamodule.seed, 0))(np.arange(result["steps"] * 8))
