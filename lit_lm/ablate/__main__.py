@@ -54,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(args.minutes, args.out, words, args.eval_sequences, args.points,
                             [t.strip() for t in args.downstream.split(",") if t.strip()])
         Runner(ablation, settings).run()
-    except AblationFileError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # a user's mistake (a bad file, corpus or word) is one line; anything else a traceback
+        from lit_lm.cli import user_error
+
+        cause = error if isinstance(error, AblationFileError) else user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nablate: interrupted; run the same command again to resume (finished runs are kept in {args.out}).",

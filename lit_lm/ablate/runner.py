@@ -199,17 +199,23 @@ class Runner:
             words=list(variant.words), curve=read_curve(self.run_dir(variant, seed)))
 
     def train_peer(self, variant: Variant, seed: int, heldout: Path, bar: tqdm) -> RunResult:
+        """The peer trained by its own code in its own process, then scored like every lit-lm run: its saved
+        model converted with ``from_hf`` and run on the held-out set."""
+        from transformers import AutoModelForMaskedLM
+
         from lit_lm.ablate.hf_peer import run_hf_peer
+        from lit_lm.hf import from_hf
 
         run_dir = self.run_dir(variant, seed)
         start = time.perf_counter()
-        ref = self.configs[self.ablation.reference.name]
-        config = {**ref, "seed_everything": seed}
+        config = {**self.configs[self.ablation.reference.name], "seed_everything": seed}
         result = run_hf_peer(config, self.settings.seconds, heldout, run_dir)
         bar.update(self.settings.seconds)
+        model = from_hf(AutoModelForMaskedLM.from_pretrained(run_dir / "model"))
         return RunResult(
-            variant=variant.name, seed=seed, change=variant.description, heldout_loss=float(result["heldout_loss"]),
-            parameters=int(result["parameters"]), steps=int(result["steps"]), tokens_seen=result.get("tokens_seen"),
+            variant=variant.name, seed=seed, change=variant.description,
+            heldout_loss=HeldOutSet.load(heldout).score(model), parameters=sum(p.numel() for p in model.parameters()),
+            steps=int(result["steps"]), tokens_seen=result.get("tokens_seen"),
             train_seconds=round(float(result["train_seconds"]), 1),
             process_seconds=round(time.perf_counter() - start, 1), checkpoint=str(run_dir / "model"),
             curve=read_peer_curve(run_dir / "curve.csv"))
