@@ -21,12 +21,15 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
-                         repeats: int = 5) -> float:
+                         repeats: int = 5, target_seconds: float = 0.02) -> float:
     """Peak FLOP/s of this device, measured as the best of a few square matrix multiplies.
 
     Used where Lightning has no table entry (CPUs): MFU is then relative to what this machine's BLAS achieves on a
-    large matmul, with the threads torch is set to use, not to a datasheet number.
+    large matmul, with the threads torch is set to use, not to a datasheet number. The matrices grow from 256 up to
+    ``size`` only while one multiply takes under ``target_seconds``: a dtype the CPU has no fast kernel for (fp16 on
+    most CPUs takes seconds for one 1024 x 1024 multiply) is measured in a fraction of a second, not half a minute.
     """
+    size = matmul_size(device, dtype, size, target_seconds)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")
@@ -35,6 +38,20 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float3
         (a @ b).sum().item()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def matmul_size(device: torch.device, dtype: torch.dtype, largest: int = 1024, target_seconds: float = 0.02) -> int:
+    """The side of the square matmul to measure: doubled from 256 (or ``largest`` if smaller) while one multiply
+    takes under ``target_seconds``, at most ``largest``."""
+    size = min(256, largest)
+    while size * 2 <= largest:
+        a = torch.randn(size, size, device=device).to(dtype)
+        start = time.perf_counter()
+        (a @ a).sum().item()
+        if time.perf_counter() - start >= target_seconds:
+            break
+        size *= 2
+    return size
 
 
 def count_tokens(batch: Any) -> torch.Tensor:

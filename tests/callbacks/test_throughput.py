@@ -91,3 +91,14 @@ def test_cpu_peak_is_measured_and_dtypes_follow_the_precision():
 def test_window_must_span_two_steps():
     with pytest.raises(ValueError, match="window"):
         ThroughputMFU(window=1)
+
+
+def test_the_peak_is_measured_on_smaller_matrices_where_one_multiply_is_slow(monkeypatch):
+    import lit_lm.callbacks.throughput as throughput
+
+    clock = iter(range(0, 10_000, 1))  # every multiply "takes" one second
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: float(next(clock)))
+    assert throughput.matmul_size(torch.device("cpu"), torch.float32, 1024, target_seconds=0.5) == 256
+    monkeypatch.undo()
+    assert throughput.matmul_size(torch.device("cpu"), torch.float32, 1024, target_seconds=1e9) == 1024
+    assert throughput.matmul_size(torch.device("cpu"), torch.float32, 128, target_seconds=1e9) == 128
