@@ -2,8 +2,13 @@
 two plots; run again, it keeps what finished and resumes what did not."""
 
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,20 +34,35 @@ def words(corpus) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One two-variant ablation, 0.1 minute per run (the budget clock), on a generated corpus."""
+    """One two-variant ablation, 0.1 minute per run (the budget clock), on a generated corpus, interrupted with
+    Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of the second run, then run
+    again with the same command to the end."""
     from tests.conftest import write_corpus
 
     tmp = tmp_path_factory.mktemp("ablation")
-    corpus = write_corpus(tmp / "corpus")
+    corpus = write_corpus(tmp / "corpus", n_files=40, paragraphs=60)  # more rows than 6 s can train: the budget ends it
     path = ablation_file(tmp, "  base: []\n  short-warmup: [--trainer.callbacks.OneCycleLR.warmup_fraction=0.01]\n")
     out = tmp / "out"
-    assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
-                 *words(corpus)]) == 0
-    return path, out, corpus
+    command = [str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
+               *words(corpus)]
+    second = out / "runs" / "short-warmup" / "seed0"
+    runner = subprocess.Popen([sys.executable, "-m", "lit_lm.ablate", *command], cwd=ROOT, start_new_session=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any("heldout/loss" in p.read_text() for p in second.rglob("metrics.csv")):  # a third of it trained
+        assert runner.poll() is None and time.monotonic() < deadline, "the second run never started training"
+        time.sleep(0.2)
+    os.killpg(runner.pid, signal.SIGINT)
+    interrupted = {"exit": runner.wait(timeout=120), "stderr": runner.stderr.read(),
+                   "result": (second / "result.json").exists(), "checkpoints": list(second.rglob("last*.ckpt")),
+                   "first_log": (out / "runs" / "base" / "seed0" / "train.log").read_text()}
+    assert main(command) == 0
+    return path, out, corpus, interrupted
 
 
 def test_two_variants_give_the_table_the_json_and_both_plots(finished):
-    _, out, _ = finished
+    _, out, _, _ = finished
     results = json.loads((out / "results.json").read_text())
     runs = {r["variant"]: r for r in results["runs"]}
     assert list(runs) == ["base", "short-warmup"] and results["reference"] == "base"
@@ -66,25 +86,21 @@ def test_two_variants_give_the_table_the_json_and_both_plots(finished):
         assert data.startswith(PNG) and len(data) > 10_000
 
 
-def test_run_again_it_keeps_finished_runs_and_resumes_an_interrupted_one(finished):
-    path, out, corpus = finished
-    kept = out / "runs" / "base" / "seed0"
-    interrupted = out / "runs" / "short-warmup" / "seed0"
-    before = json.loads((interrupted / "result.json").read_text())
-    (interrupted / "result.json").unlink()  # as if the runner died after the run's last checkpoint
-    kept_log = (kept / "train.log").read_text()
-    assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
-                 *words(corpus)]) == 0
-    assert (kept / "train.log").read_text() == kept_log  # not trained again
-    assert "resuming from" in (interrupted / "train.log").read_text()
-    assert "--ckpt_path=last" in (interrupted / "command.txt").read_text()
-    after = json.loads((interrupted / "result.json").read_text())
-    assert after["steps"] == before["steps"]  # its budget was spent: nothing left to train
-    assert after["heldout_loss"] == pytest.approx(before["heldout_loss"])
+def test_interrupted_it_keeps_finished_runs_and_resumes_the_interrupted_one_with_its_remaining_budget(finished):
+    _, out, _, interrupted = finished
+    assert interrupted["exit"] == 130 and "run the same command again to resume" in interrupted["stderr"]
+    assert not interrupted["result"] and interrupted["checkpoints"]  # stopped with a checkpoint, not finished
+    assert (out / "runs" / "base" / "seed0" / "train.log").read_text() == interrupted["first_log"]  # not retrained
+    second = out / "runs" / "short-warmup" / "seed0"
+    assert "--ckpt_path=last" in (second / "command.txt").read_text()
+    result = json.loads((second / "result.json").read_text())
+    assert 5.0 <= result["train_seconds"] <= 6.0 + 4.0  # one budget in all, across the interruption
+    assert len(list(second.rglob("metrics.csv"))) == 2  # the resumed run logged into a version of its own
+    assert len(result["curve"]) >= 2
 
 
 def test_other_settings_in_the_same_folder_and_a_variant_changing_the_data_are_refused(finished, tmp_path, capsys):
-    path, out, corpus = finished
+    path, out, corpus, _ = finished
     assert main([str(path), "--minutes", "0.2", "--out", str(out), "--", *words(corpus)]) == 2
     assert "other settings (minutes" in capsys.readouterr().err
     changing = ablation_file(tmp_path, "  base: []\n  more-held-out: [--data.init_args.val_fraction=0.3]\n")
@@ -96,7 +112,7 @@ def test_other_settings_in_the_same_folder_and_a_variant_changing_the_data_are_r
 def test_downstream_fine_tunes_every_run_and_adds_a_column(finished, tmp_path):
     from tests.glue.test_suite import write_task
 
-    path, out, corpus = finished
+    path, out, corpus, _ = finished
     task = write_task(tmp_path / "task", "bright", rows=48)
     assert main([str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3",
                  "--downstream", str(task), "--", *words(corpus)]) == 0
