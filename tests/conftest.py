@@ -85,7 +85,13 @@ def wandb_disabled(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def wandb_offline(monkeypatch):
     """wandb logs offline, as it does on a machine without credentials: into the run folder, never the network."""
+    import wandb
+
+    wandb.teardown()  # wandb reads its mode from the environment once per process: read it again, now and after
     monkeypatch.setenv("WANDB_MODE", "offline")
+    yield
+    wandb.finish()
+    wandb.teardown()
 
 
 def shared_data(relative: str) -> Path:
