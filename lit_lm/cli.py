@@ -27,7 +27,7 @@ from lit_lm.callbacks.nonfinite import NonFiniteLossError
 from lit_lm.checkpoint import CheckpointError
 from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
-from lit_lm.loggers import (RunDashboard, before_wandb_starts, fill_run_folder, finish_wandb_run, is_wandb,
+from lit_lm.loggers import (RunDashboard, before_wandb_starts, finish_wandb_run, is_wandb, place_in_run_folder,
                             stored_wandb_run_id)
 from lit_lm.precision import AUTO, auto_precision, precision_plugin
 from lit_lm.pretrained import PretrainedSourceError
@@ -104,7 +104,7 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 class Trainer(L.Trainer):
-    """Lightning's Trainer, with four differences.
+    """Lightning's Trainer, with five differences.
 
     - ``precision`` also takes ``auto``: the fastest precision this hardware has (see lit_lm.precision).
     - ``bf16-mixed`` and ``16-mixed`` run through lit_lm.precision.MixedPrecision, which clips gradients beside the
@@ -112,6 +112,7 @@ class Trainer(L.Trainer):
     - ``fit(ckpt_path="last")`` resumes the newest ``last*.ckpt`` under the run folder (each run logs and
       checkpoints into its own version folder), after checking that it was trained with this model and data; a
       wandb logger then continues the checkpoint's wandb run.
+    - loggers without a folder of their own write into ``default_root_dir`` (lit_lm.loggers.place_in_run_folder).
     - fit starts by saying where the run's files and dashboard are (lit_lm.loggers.RunDashboard).
     """
 
@@ -125,6 +126,7 @@ class Trainer(L.Trainer):
             plugins = [*(plugins if isinstance(plugins, list) else [plugins] if plugins is not None else []), plugin]
             precision = None
         super().__init__(*args, precision=precision, plugins=plugins, **kwargs)
+        place_in_run_folder(self.loggers, self.default_root_dir)
         self.callbacks.insert(0, RunDashboard())  # first, so that its lines come before the other callbacks' own
 
     def run_folders(self) -> list[Path]:
@@ -210,7 +212,6 @@ class LitLMCLI(LightningCLI):
         if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
             config.trainer.precision = resolve_auto_precision(config.trainer.accelerator, probe_shape(config))
         loggers = config.trainer.logger
-        fill_run_folder(loggers, config.trainer.default_root_dir)  # a logger without a save_dir: the run folder
         uses_wandb = any(is_wandb(logger) for logger in (loggers if isinstance(loggers, list) else [loggers]))
         if uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"

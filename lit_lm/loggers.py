@@ -1,9 +1,9 @@
 """A run's loggers: the CSV logger and wandb side by side in the run's folder, the lines that say where a run's files
 and dashboard are, and one wandb run across a resume.
 
-configs/base/trainer.yaml gives every recipe both loggers. Neither names a folder: the CLI points every logger left
-without a ``save_dir`` at ``trainer.default_root_dir`` (``fill_run_folder``), so a recipe sets its run folder once
-and the CSV logs land in ``runs/<recipe>/logs/version_N`` and wandb's files in ``runs/<recipe>/wandb``. The
+configs/base/trainer.yaml gives every recipe both loggers. Neither names a folder: lit-lm's Trainer points every
+logger left without one at ``trainer.default_root_dir`` (``place_in_run_folder``), so a recipe sets its run folder
+once and the CSV logs land in ``runs/<recipe>/logs/version_N`` and wandb's files in ``runs/<recipe>/wandb``. The
 ``RunDashboard`` callback, which the trainer adds itself, prints where both are when fit starts, puts the parameter
 count and the data card in the wandb run's summary, and keeps the wandb run's id in every checkpoint, so that
 ``--ckpt_path last`` continues the same wandb run (``continue_wandb_run``).
@@ -21,36 +21,36 @@ from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-DEFAULT_PROJECT = "lit-lm"
 CHECKPOINT_KEY = "wandb_run_id"  # in every checkpoint of a run logged to wandb
 WANDB_DEFAULT_SAVE_DIR = "."  # Lightning's WandbLogger default, which would write ./wandb wherever a run starts
 
 
 class CSVLogger(LightningCSVLogger):
-    """Lightning's CSVLogger, whose ``save_dir`` may be left out: the CLI then fills in the run folder,
-    ``trainer.default_root_dir`` (the current folder when built from Python). Metrics go to
-    ``<save_dir>/<name>/version_N/metrics.csv``."""
+    """Lightning's CSVLogger whose ``save_dir`` may be left out: lit-lm's Trainer then places it in the run folder,
+    ``trainer.default_root_dir``. Metrics go to ``<save_dir>/<name>/version_N/metrics.csv``."""
 
     def __init__(self, save_dir: Optional[_PATH] = None, name: str = "logs", version: Optional[Union[int, str]] = None,
                  prefix: str = "", flush_logs_every_n_steps: int = 100) -> None:
         super().__init__(save_dir if save_dir is not None else ".", name, version, prefix, flush_logs_every_n_steps)
+        self.in_run_folder = save_dir is None
+
+    def place_in(self, run_dir: _PATH) -> None:
+        """Log into ``run_dir`` instead of the current folder; for a logger built without a ``save_dir``, before it
+        has logged anything."""
+        LightningCSVLogger.__init__(self, run_dir, self._name, self._version, self._prefix,
+                                    self._flush_logs_every_n_steps)
 
 
-def fill_run_folder(loggers: Any, run_dir: Optional[str]) -> None:
-    """Point every logger config in ``loggers`` (the CLI's ``trainer.logger``: one, a list, or a bool) that has no
-    ``save_dir`` (for wandb: none, or its default ``.``) at ``run_dir``, the run folder, in place; a wandb logger
-    without a project logs to ``$WANDB_PROJECT``, else to ``lit-lm``."""
-    run_dir = run_dir or "."
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        init_args = getattr(logger, "init_args", None)
-        if init_args is None:
-            continue
-        wandb = is_wandb(logger)
-        if getattr(init_args, "save_dir", None) is None or (wandb and init_args.save_dir == WANDB_DEFAULT_SAVE_DIR
-                                                             and not getattr(init_args, "dir", None)):
-            init_args.save_dir = str(run_dir)
-        if wandb and not getattr(init_args, "project", None):
-            init_args.project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
+def place_in_run_folder(loggers: list, run_dir: _PATH) -> None:
+    """Loggers built without a folder of their own write into ``run_dir`` (the trainer's ``default_root_dir``):
+    lit-lm's CSVLogger without a ``save_dir``, and Lightning's WandbLogger left at its default ``save_dir`` ``.``
+    (which would write ``./wandb`` wherever a run starts). The config keeps saying what the recipe said."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and logger.in_run_folder:
+            logger.place_in(run_dir)
+        elif (isinstance(logger, WandbLogger) and logger._experiment is None
+              and logger._save_dir == WANDB_DEFAULT_SAVE_DIR and logger._wandb_init.get("dir") == WANDB_DEFAULT_SAVE_DIR):
+            logger._save_dir = logger._wandb_init["dir"] = os.fspath(run_dir)
 
 
 def is_wandb(logger_config: Any) -> bool:

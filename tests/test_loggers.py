@@ -5,6 +5,7 @@ import csv
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lit_lm.cli import LitLMCLI, main
-from lit_lm.loggers import CHECKPOINT_KEY, finish_wandb_run
+from lit_lm.loggers import CHECKPOINT_KEY, dashboard_line, finish_wandb_run
 from tests.conftest import ROOT, InterruptAt
 from tests.test_cli import QUICKSTART, QUIET, RUN, TINY_MODEL
 
@@ -42,8 +43,8 @@ def test_a_recipe_logs_to_csv_then_wandb_both_in_its_run_folder(corpus):
     assert isinstance(csv_logger, CSVLogger) and isinstance(wandb_logger, WandbLogger)
     assert Path(csv_logger.log_dir) == RUN / "logs" / "version_0"  # the layout local tools read
     assert wandb_logger.save_dir == str(RUN) and wandb_logger._project == "lit-lm"
-    saved = cli.config["trainer"]["logger"]  # what config.yaml records: the folder filled in
-    assert [logger.init_args.save_dir for logger in saved] == [str(RUN), str(RUN)]
+    saved = cli.config["trainer"]["logger"]  # what config.yaml records: the recipe's, no folder of their own
+    assert [logger.init_args.save_dir for logger in saved] == [None, "."]
 
 
 @pytest.mark.parametrize("choice, kinds", [
@@ -133,3 +134,18 @@ def test_a_resumed_run_continues_its_offline_wandb_run_named_and_grouped(corpus,
     assert len(steps) == 3 and min(steps) >= 3  # only the 3 steps that were left
     assert [r["heldout/loss"] for r in rows if r.get("heldout/loss")] == ["1.25"]
 
+
+
+def test_the_dashboard_line_names_an_online_run_by_its_url_and_an_offline_one_by_its_folder():
+    def logger(**run):
+        fake = WandbLogger.__new__(WandbLogger)
+        fake._experiment = SimpleNamespace(settings=SimpleNamespace(mode=run.pop("mode")), **run)
+        return fake
+
+    online = logger(mode="online", offline=False, name="pre-ln", id="abc123", group="ablation-1",
+                    url="https://wandb.ai/me/lit-lm/runs/abc123")
+    assert dashboard_line(online) == "dashboard: wandb run pre-ln (abc123, group ablation-1) at " \
+                                     "https://wandb.ai/me/lit-lm/runs/abc123"
+    offline = logger(mode="offline", offline=True, id="abc123", dir="runs/q/wandb/offline-run-1-abc123/files")
+    assert dashboard_line(offline) == ("dashboard: wandb offline run abc123 in runs/q/wandb; upload with: "
+                                       "wandb sync runs/q/wandb/offline-run-1-abc123")
