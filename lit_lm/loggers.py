@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -48,8 +48,8 @@ def place_in_run_folder(loggers: list, run_dir: _PATH) -> None:
     for logger in loggers:
         if isinstance(logger, CSVLogger) and logger.in_run_folder:
             logger.place_in(run_dir)
-        elif (isinstance(logger, WandbLogger) and logger._experiment is None
-              and logger._save_dir == WANDB_DEFAULT_SAVE_DIR and logger._wandb_init.get("dir") == WANDB_DEFAULT_SAVE_DIR):
+        elif isinstance(logger, WandbLogger) and logger._experiment is None and (
+                logger._save_dir == logger._wandb_init.get("dir") == WANDB_DEFAULT_SAVE_DIR):
             logger._save_dir = logger._wandb_init["dir"] = os.fspath(run_dir)
 
 
@@ -176,6 +176,6 @@ def dashboard_line(logger: WandbLogger) -> str:
         return "dashboard: none (wandb is disabled: WANDB_MODE=disabled)"
     if run.offline:
         folder = Path(run.dir).parent  # <save_dir>/wandb/offline-run-<time>-<id>/files
-        return (f"dashboard: wandb offline run {run.id} in {folder.parent}; upload with: wandb sync {folder}")
+        return f"dashboard: wandb offline run {run.id} in {folder.parent}; upload with: wandb sync {folder}"
     group = f", group {run.group}" if run.group else ""
     return f"dashboard: wandb run {run.name} ({run.id}{group}) at {run.url}"
