@@ -1,5 +1,5 @@
 """The command line: LightningCLI with lit-lm's argument links, precision, run folders, config saving, recipes that
-build on shared base files, and wandb fallback."""
+build on shared base files, and loggers in the run folder (wandb offline without credentials)."""
 
 import contextlib
 import io
@@ -14,18 +14,21 @@ from unittest import mock
 from urllib.parse import urlparse
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import ActionConfigFile, set_parsing_settings
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins import _PLUGIN_INPUT
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_lm.callbacks.nonfinite import NonFiniteLossError
 from lit_lm.checkpoint import CheckpointError
 from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
+from lit_lm.loggers import (RunDashboard, before_wandb_starts, finish_wandb_run, is_wandb, place_in_run_folder,
+                            stored_wandb_run_id)
 from lit_lm.precision import AUTO, auto_precision, precision_plugin
 from lit_lm.pretrained import PretrainedSourceError
 from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
@@ -71,8 +74,9 @@ class SaveRunConfig(SaveConfigCallback):
     """Saves the resolved config into the run's own folder, and logs it to the experiment dashboard.
 
     Lightning's default writes ``config.yaml`` to ``trainer.log_dir``, which for the wandb logger is the shared
-    save_dir, so a second run would clash with the first. Here each run writes to its own folder: the wandb run's
-    files folder (uploaded with the run) or the CSV/TensorBoard version folder.
+    save_dir, so a second run would clash with the first. Here each run writes to the folder of its first logger:
+    the CSV/TensorBoard version folder, or the wandb run's files folder (uploaded with the run). The config goes to
+    every logger's hyperparameters (wandb's run config, the CSV logger's hparams.yaml).
     """
 
     def __init__(self, parser, config, config_filename: str = "config.yaml", **kwargs) -> None:
@@ -81,8 +85,9 @@ class SaveRunConfig(SaveConfigCallback):
 
     def run_dir(self, trainer: L.Trainer) -> Path:
         logger = trainer.logger
-        if isinstance(logger, WandbLogger):
-            return Path(logger.experiment.dir)
+        if isinstance(logger, WandbLogger):  # a disabled wandb run's folder is a temporary one: the save_dir instead
+            disabled = getattr(logger.experiment.settings, "mode", None) == "disabled"
+            return Path(logger.save_dir or trainer.default_root_dir) if disabled else Path(logger.experiment.dir)
         if logger is not None and getattr(logger, "log_dir", None):
             return Path(logger.log_dir)
         return Path(trainer.default_root_dir)
@@ -93,18 +98,22 @@ class SaveRunConfig(SaveConfigCallback):
         path = run_dir / self.config_filename
         self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
         rank_zero_info(f"config saved to {path}")
-        if trainer.logger is not None:
-            trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False, format="json")})
+        config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+        for logger in trainer.loggers:  # top level (trainer, model, data): the module's own hparams hold a "config"
+            logger.log_hyperparams(config)
 
 
 class Trainer(L.Trainer):
-    """Lightning's Trainer, with three differences.
+    """Lightning's Trainer, with five differences.
 
     - ``precision`` also takes ``auto``: the fastest precision this hardware has (see lit_lm.precision).
     - ``bf16-mixed`` and ``16-mixed`` run through lit_lm.precision.MixedPrecision, which clips gradients beside the
       fused AdamW; ``16-mixed`` runs as fp16 with loss scaling on a CPU too, instead of turning into bf16.
     - ``fit(ckpt_path="last")`` resumes the newest ``last*.ckpt`` under the run folder (each run logs and
-      checkpoints into its own version folder), after checking that it was trained with this model and data.
+      checkpoints into its own version folder), after checking that it was trained with this model and data; a
+      wandb logger then continues the checkpoint's wandb run.
+    - loggers without a folder of their own write into ``default_root_dir`` (lit_lm.loggers.place_in_run_folder).
+    - fit starts by saying where the run's files and dashboard are (lit_lm.loggers.RunDashboard).
     """
 
     def __init__(self, *args, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None,
@@ -117,6 +126,8 @@ class Trainer(L.Trainer):
             plugins = [*(plugins if isinstance(plugins, list) else [plugins] if plugins is not None else []), plugin]
             precision = None
         super().__init__(*args, precision=precision, plugins=plugins, **kwargs)
+        place_in_run_folder(self.loggers, self.default_root_dir)
+        self.callbacks.insert(0, RunDashboard())  # first, so that its lines come before the other callbacks' own
 
     def run_folders(self) -> list[Path]:
         """Where this trainer's runs write: its loggers' folders and any fixed checkpoint folder."""
@@ -139,8 +150,11 @@ class Trainer(L.Trainer):
         if ckpt_path == "last":
             ckpt_path = str(self.last_checkpoint())
             rank_zero_info(f"resuming from {ckpt_path}")
+        resume_id = None
         if ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file():
             check_resume(ckpt_path, model, datamodule)
+            resume_id = stored_wandb_run_id(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True))
+        before_wandb_starts(self, resume_id)
         return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def prepare(self, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
@@ -198,14 +212,10 @@ class LitLMCLI(LightningCLI):
         if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
             config.trainer.precision = resolve_auto_precision(config.trainer.accelerator, probe_shape(config))
         loggers = config.trainer.logger
-        loggers = loggers if isinstance(loggers, list) else [loggers]
-        uses_wandb = any("WandbLogger" in str(getattr(lg, "class_path", "")) for lg in loggers)
+        uses_wandb = any(is_wandb(logger) for logger in (loggers if isinstance(loggers, list) else [loggers]))
         if uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"
-            rank_zero_warn(
-                "wandb: no API key found (run `wandb login` or set WANDB_API_KEY); logging offline to ./wandb. "
-                "Upload later with `wandb sync wandb/offline-run-*`."
-            )
+            rank_zero_info("wandb: no API key found (`wandb login` or WANDB_API_KEY logs online); logging offline")
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -219,7 +229,14 @@ USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, Rec
 
 
 def main(args: list[str] | None = None) -> LitLMCLI:
-    return LitLMCLI(args=args)
+    """One run of ``train.py``; its wandb run, if any, ends with it (failed when the run raised)."""
+    try:
+        cli = LitLMCLI(args=args)
+    except BaseException as error:
+        finish_wandb_run(error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1)
+        raise
+    finish_wandb_run(0)
+    return cli
 
 
 def resolved_config(recipe: Union[str, Path], *overrides: str) -> dict:

@@ -1,6 +1,7 @@
 """Shared fixtures: generated corpora, the optional ../shared/data folder, an isolated cache."""
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,38 @@ def gpt_tokenizer():
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test session caches prepared data in its own folder, never in ~/.cache."""
     monkeypatch.setenv("LIT_LM_CACHE", str(tmp_path_factory.getbasetemp() / "lit-lm-cache"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture(autouse=True)
+def wandb_disabled(tmp_path_factory, monkeypatch):
+    """wandb, every recipe's dashboard, is disabled in tests: an offline run starts a service process (seconds) and
+    writes files. A test of wandb itself asks for ``wandb_offline``. Neither ever touches the network, and wandb's
+    own files (its settings, its default folder) go to the session's temporary folder, never the repository."""
+    for name in ("WANDB_API_KEY", "WANDB_RUN_GROUP", "WANDB_NAME", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(name, raising=False)
+    wandb_home = tmp_path_factory.getbasetemp() / "wandb-home"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(wandb_home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(wandb_home / "config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(wandb_home / "cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(wandb_home / "data"))
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:  # an in-process run would be reused by the next test's logger
+        wandb.finish()
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch):
+    """wandb logs offline, as it does on a machine without credentials: into the run folder, never the network."""
+    import wandb
+
+    wandb.teardown()  # wandb reads its mode from the environment once per process: read it again, now and after
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    yield
+    wandb.finish()
+    wandb.teardown()
 
 
 def shared_data(relative: str) -> Path:

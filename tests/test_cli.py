@@ -176,8 +176,8 @@ def test_quickstart_loss_falls_on_the_embedded_corpus(tmp_path):
     assert summary["last_tenth"] < summary["first_tenth"] - 1.0, summary
 
 
-def test_wandb_runs_do_not_clash_over_the_saved_config(corpus, tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+def test_wandb_runs_do_not_clash_over_the_saved_config(corpus, tmp_path, wandb_offline):
+    pytest.importorskip("wandb")
     args = ["fit", "--config", QUICKSTART, *TINY_MODEL,
             "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.project", "lit-lm-test",
@@ -185,8 +185,7 @@ def test_wandb_runs_do_not_clash_over_the_saved_config(corpus, tmp_path, monkeyp
             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
             "--trainer.enable_progress_bar", "false"]
     for _ in range(2):
-        main(args)
-        wandb.finish()  # each run of train.py is its own process; in one process, end the run by hand
+        main(args)  # each run of train.py ends its wandb run, so the second starts its own
     configs = sorted((tmp_path / "wandb").glob("offline-run-*/files/config.yaml"))
     assert len(configs) == 2
     assert not (tmp_path / "config.yaml").exists()

@@ -151,8 +151,12 @@ def test_a_recipe_resolves_to_its_pinned_trainer_and_callbacks(recipe):
     assert (trainer["accelerator"], trainer["devices"], trainer["max_epochs"]) == ("auto", 1, 1)
     run = f"runs/{Path(recipe).stem}"  # runs/<recipe>/logs/version_N
     assert trainer["default_root_dir"] == run
-    assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
-    assert (trainer["logger"]["init_args"]["save_dir"], trainer["logger"]["init_args"]["name"]) == (run, "logs")
+    # CSV logs in <run>/logs/version_N, then wandb; neither has a folder of its own: both write into default_root_dir
+    assert [logger["class_path"] for logger in trainer["logger"]] == ["lit_lm.loggers.CSVLogger",
+                                                                      "lightning.pytorch.loggers.WandbLogger"]
+    csv_logger, wandb_logger = (logger["init_args"] for logger in trainer["logger"])
+    assert (csv_logger["save_dir"], csv_logger["name"]) == (None, "logs")
+    assert (wandb_logger["save_dir"], wandb_logger["project"], wandb_logger["log_model"]) == (".", "lit-lm", False)
     assert [callback_summary(c) for c in trainer["callbacks"]] == [CHECKPOINT.format(checkpoint_every), *callbacks]
 
 
