@@ -61,12 +61,37 @@ def with_base_configs(args: list[str]) -> list[str]:
     for i, arg in enumerate(args):
         value = arg.split("=", 1)[1] if arg.startswith("--config=") else (
             args[i + 1] if arg in ("-c", "--config") and i + 1 < len(args) else None)
-        for base in base_files(Path(value)) if value is not None else []:
+        bases = base_files(Path(value)) if value is not None else []
+        if bases:
+            check_logger_delta(Path(value), bases)
+        for base in bases:
             if base not in added:
                 added.add(base)
                 expanded += ["--config", str(base)]
         expanded.append(arg)
     return expanded
+
+
+def check_logger_delta(recipe: Path, bases: list[Path]) -> None:
+    """A recipe written for a single base logger (``logger: {init_args: ...}``) on bases that log to a list of
+    loggers: one clear error instead of jsonargparse's "not a valid subclass of Logger"."""
+    logger = (read_yaml(recipe).get("trainer") or {}).get("logger")
+    if not isinstance(logger, dict) or "class_path" in logger:
+        return
+    listed = [b for b in bases if isinstance((read_yaml(b).get("trainer") or {}).get("logger"), list)]
+    if listed:
+        raise RecipeError(
+            f"{recipe}: `trainer.logger` sets {sorted(logger)} without a class_path, but {listed[-1].name} logs to a "
+            f"list of loggers (CSV and wandb), which write into trainer.default_root_dir: delete the recipe's "
+            f"`logger:` line and set `default_root_dir`, or give a whole logger (class_path and init_args).")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 _yaml_loader = get_loader("yaml")

@@ -57,3 +57,11 @@ def test_the_edited_run_trains(corpus, tmp_path, monkeypatch):
     assert ramp.ramp_fraction == 0 and cli.trainer.global_step == 3
     assert cli.trainer.accumulate_grad_batches == 8 // 4  # the target batch from the first step
     assert not any(type(c).__name__ == "LossSummary" for c in cli.trainer.callbacks)
+
+
+def test_a_recipe_written_for_one_base_logger_is_told_what_to_change(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(f"base: {ROOT / 'configs' / 'base' / 'trainer.yaml'}\n"
+                   "trainer:\n  default_root_dir: &run runs/x\n  logger: {init_args: {save_dir: *run}}\n")
+    with pytest.raises(RecipeError, match="delete the recipe's `logger:` line and set `default_root_dir`"):
+        resolved_config(old)

@@ -89,7 +89,7 @@ def fine_tune(column: Column, task: str, out: Path, overrides: list[str]) -> Tas
     args = ["fit", "--config", str(task_recipe(task)),
             "--model.init_args.init_from", column.checkpoint,
             "--model.init_args.pretrained_weights", str(column.pretrained_weights).lower(),
-            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir),
+            "--trainer.default_root_dir", str(run_dir),
             *overrides]
     if find_last_checkpoint([run_dir]) is not None:
         args += ["--ckpt_path", "last"]

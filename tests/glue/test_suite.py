@@ -43,8 +43,7 @@ def write_task(folder: Path, name: str, pair: bool = False, rows: int = 96) -> P
     recipe = folder / f"{name}.yaml"
     recipe.write_text(f"""base: {ROOT / 'configs' / 'base' / 'finetune.yaml'}
 trainer:
-  default_root_dir: &run {folder / 'runs'}
-  logger: {{init_args: {{save_dir: *run}}}}
+  default_root_dir: {folder / 'runs'}
 model:
   class_path: lit_lm.modules.SequenceClassificationModule
   init_args:
