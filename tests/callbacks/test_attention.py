@@ -43,6 +43,7 @@ def runs(tmp_path_factory):
         patch.setenv("LIT_LM_CACHE", str(base / "cache"))
         patch.setenv("WANDB_MODE", "offline")
         patch.setenv("WANDB_SILENT", "true")
+        wandb.teardown()  # wandb reads its mode once per process (the suite disables it): read it again
         for name, extra in (("with", WITH_CALLBACK), ("without", [])):
             folder = folders[name] = base / name
             folder.mkdir()
@@ -53,6 +54,7 @@ def runs(tmp_path_factory):
             assert cli.trainer.global_step == STEPS
             assert any(isinstance(c, AttentionDiagnostics) for c in cli.trainer.callbacks) == (name == "with")
             weights[name] = {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
+    wandb.teardown()  # and back to the suite's mode
     return folders, weights
 
 
