@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise AblationFileError(f"--only: no variant {', '.join(unknown)} in {args.file} (its variants: "
                                         f"{', '.join(v.name for v in ablation.variants)}).")
             ablation = type(ablation)(ablation.path, ablation.base, tuple(v for v in ablation.variants
-                                      if v.name in names or v == ablation.reference), ablation.seeds, ablation.text)
+                                      if v.name in names or v == ablation.reference), ablation.seeds, ablation.text,
+                                      only=True)
         settings = Settings(args.minutes, args.out, words, args.eval_sequences, args.points,
                             [t.strip() for t in args.downstream.split(",") if t.strip()])
         Runner(ablation, settings).run()

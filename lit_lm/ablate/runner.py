@@ -277,12 +277,14 @@ class Runner:
         machine = (f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available()
                                                    else ""))
-        command = ("python -m lit_lm.ablate " + str(self.ablation.path) + f" --minutes {self.settings.minutes:g}"
-                   + f" --out {self.out}" + (f" --seeds {self.ablation.seeds}" if self.ablation.seeds > 1 else "")
-                   + (" -- " + " ".join(self.settings.words) if self.settings.words else ""))
+        command = " ".join(["python -m lit_lm.ablate", shown_path(self.ablation.path), "--minutes",
+                            f"{self.settings.minutes:g}", "--out", shown_path(self.out),
+                            *(["--seeds", str(self.ablation.seeds)] if self.ablation.seeds > 1 else []),
+                            *(["--only", ",".join(order)] if self.ablation.only else []),
+                            *(["--downstream", ",".join(self.settings.downstream)] if self.settings.downstream else []),
+                            *(["--", *self.settings.words] if self.settings.words else [])])
         heldout = HeldOutSet.load(self.out / "heldout.pt")
-        head = self.ablation.text.split("\n")
-        checks = " ".join(line.lstrip("# ").strip() for line in head if line.startswith("#")).strip()
+        checks = self.ablation.description
         md = [f"# Ablation: {self.ablation.path.stem}", "", checks, "",
               f"Every run trained from scratch for {self.settings.minutes:g} min of training time (the budget clock; "
               f"data preparation outside it), on the same rows in the same order, and was scored on the same "
@@ -309,6 +311,14 @@ class Runner:
             "runs": [{**asdict(r), "tokens_per_sec": r.tokens_per_sec} for r in results],
         }, indent=1))
         plot_curves(results, order, self.out, f"{self.ablation.path.stem}: {self.settings.minutes:g} min per run")
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it (as a user would type it), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def objective(config: dict) -> str:

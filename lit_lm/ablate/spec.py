@@ -56,6 +56,19 @@ class Ablation:
     variants: tuple[Variant, ...]
     seeds: int = 1
     text: str = field(default="", repr=False)
+    only: bool = False
+    """Whether some of the file's variants were left out (``--only``)."""
+
+    @property
+    def description(self) -> str:
+        """What the file checks: its leading comment block, up to an empty comment line or an indented one (a
+        command), joined into one paragraph."""
+        lines = []
+        for line in self.text.splitlines():
+            if not line.startswith("#") or line.strip() == "#" or line.startswith("#  "):
+                break
+            lines.append(line.removeprefix("#").strip())
+        return " ".join(lines)
 
     @property
     def reference(self) -> Variant:

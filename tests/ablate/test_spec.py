@@ -50,3 +50,12 @@ def test_a_missing_or_broken_file_says_so(tmp_path):
     (tmp_path / "nobase.yaml").write_text("variants: {a: []}\n")
     with pytest.raises(AblationFileError, match="needs `base:"):
         read_ablation(tmp_path / "nobase.yaml")
+
+
+def test_the_description_is_the_leading_comment_block_without_its_command_lines(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(f"# What it is,\n# and what it checks.\n#   python -m lit_lm.ablate a.yaml\n# not this\n"
+                    f"base: {RECIPE}\nvariants: {{a: []}}\n")
+    assert read_ablation(path).description == "What it is, and what it checks."
+    path.write_text(f"# First.\n#\n# Later notes.\nbase: {RECIPE}\nvariants: {{a: []}}\n")
+    assert read_ablation(path).description == "First."
