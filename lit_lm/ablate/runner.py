@@ -209,16 +209,17 @@ class Runner:
         run_dir = self.run_dir(variant, seed)
         start = time.perf_counter()
         config = {**self.configs[self.ablation.reference.name], "seed_everything": seed}
-        result = run_hf_peer(config, self.settings.seconds, heldout, run_dir)
+        peer_dir = run_dir / "peer"  # the peer's own files (result.json, curve.csv, model/), beside the runner's
+        result = run_hf_peer(config, self.settings.seconds, heldout, peer_dir)
         bar.update(self.settings.seconds)
-        model = from_hf(AutoModelForMaskedLM.from_pretrained(run_dir / "model"))
+        model = from_hf(AutoModelForMaskedLM.from_pretrained(peer_dir / "model"))
         return RunResult(
             variant=variant.name, seed=seed, change=variant.description,
             heldout_loss=HeldOutSet.load(heldout).score(model), parameters=sum(p.numel() for p in model.parameters()),
             steps=int(result["steps"]), tokens_seen=result.get("tokens_seen"),
             train_seconds=round(float(result["train_seconds"]), 1),
-            process_seconds=round(time.perf_counter() - start, 1), checkpoint=str(run_dir / "model"),
-            curve=read_peer_curve(run_dir / "curve.csv"))
+            process_seconds=round(time.perf_counter() - start, 1), checkpoint=str(peer_dir / "model"),
+            curve=read_peer_curve(peer_dir / "curve.csv"))
 
     # ---- the whole ablation ----
     def run(self) -> list[RunResult]:

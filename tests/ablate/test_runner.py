@@ -4,11 +4,11 @@ two plots; run again, it keeps what finished and resumes what did not."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +124,46 @@ def test_downstream_fine_tunes_every_run_and_adds_a_column(finished, tmp_path):
     for run in results["runs"]:
         assert f"{100 * run['downstream']['bright']:.1f} |" in next(
             line for line in table.splitlines() if line.startswith(f"| {run['variant']} |"))
+
+
+def test_the_peer_is_scored_like_every_run_through_from_hf(tmp_path, monkeypatch):
+    """The runner's side of the peer (its own training is tests/ablate/test_hf_peer.py): the saved BertForMaskedLM
+    converted with from_hf, scored on the held-out set, and its curve read, all from the peer's own folder."""
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    import lit_lm.ablate.hf_peer as hf_peer
+    from lit_lm.ablate.runner import Runner, Settings
+    from lit_lm.ablate.spec import read_ablation
+    from lit_lm.models.output import IGNORE_INDEX
+
+    path = ablation_file(tmp_path, "  base: []\n  hf: {peer: hf-trainer}\n")
+    ablation = read_ablation(path)
+    runner = Runner(ablation, Settings(0.1, tmp_path / "out"))
+    runner.configs["base"] = {"seed_everything": 0}
+    ids = torch.randint(5, 60, (4, 12))
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, 3] = ids[:, 3]
+    heldout = HeldOutSet(ids.masked_fill(labels != IGNORE_INDEX, 4), labels, torch.ones_like(ids), "masked")
+    heldout_path = heldout.save(tmp_path / "heldout.pt")
+    torch.manual_seed(0)
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=16)).eval()
+
+    def fake_peer(config, seconds, heldout, out):
+        assert config["seed_everything"] == 0 and seconds == 6 and Path(heldout) == heldout_path
+        bert.save_pretrained(out / "model")
+        (out / "curve.csv").write_text("step,train_seconds,tokens_seen,heldout_loss\n1,3.0,96,4.5\n2,6.0,192,4.2\n")
+        return {"steps": 2, "train_seconds": 6.0, "tokens_seen": 192, "heldout_loss": 4.2, "parameters": 1}
+
+    monkeypatch.setattr(hf_peer, "run_hf_peer", fake_peer)
+    result = runner.train_peer(ablation.variants[1], 0, heldout_path, tqdm(disable=True))
+    with torch.no_grad():
+        logits = bert(input_ids=heldout.inputs).logits
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    assert result.heldout_loss == pytest.approx(expected.item(), abs=1e-5)  # scored by lit-lm, not taken from the peer
+    assert result.parameters == sum(p.numel() for p in bert.parameters()) and result.steps == 2
+    assert [p["heldout_loss"] for p in result.curve] == [4.5, 4.2]
+    assert result.checkpoint.endswith("hf/seed0/peer/model")
