@@ -106,6 +106,10 @@ class Runner:
         if ref is None:
             raise AblationFileError(f"{self.ablation.path}: the reference variant {reference.name!r} must be a lit-lm "
                                     f"run, not a peer.")
+        peers = [v.name for v in self.ablation.variants if v.peer]
+        if peers and objective(ref) != "masked":
+            raise AblationFileError(f"variants {', '.join(peers)}: the hf-trainer peer trains a masked-LM model; the "
+                                    f"base {self.ablation.base.name} trains a {objective(ref)} one.")
         for name, config in self.configs.items():
             if objective(config) != objective(ref):
                 raise AblationFileError(f"variant {name!r} trains a {objective(config)} model, the reference a "
