@@ -46,9 +46,12 @@ def finished(tmp_path_factory):
     command = [str(path), "--minutes", "0.1", "--out", str(out), "--eval-sequences", "16", "--points", "3", "--",
                *words(corpus)]
     second = out / "runs" / "short-warmup" / "seed0"
+    # SIGINT as a terminal gives it: a CI job started in the background inherits SIGINT ignored, and Python then never
+    # turns it into KeyboardInterrupt, so the runner (and the training it starts) gets the default disposition back
     runner = subprocess.Popen([sys.executable, "-m", "lit_lm.ablate", *command], cwd=ROOT, start_new_session=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not any("heldout/loss" in p.read_text() for p in second.rglob("metrics.csv")):  # a third of it trained
         assert runner.poll() is None and time.monotonic() < deadline, "the second run never started training"
