@@ -68,6 +68,8 @@ def with_base_configs(args: list[str]) -> list[str]:
             if base not in added:
                 added.add(base)
                 expanded += ["--config", str(base)]
+        if value is not None:  # given itself: not again as a later file's base (args already expanded, a 2nd parse)
+            added.add(Path(value).resolve())
         expanded.append(arg)
     return expanded
 
