@@ -79,23 +79,28 @@ class OptimizerConfig:
         ``fused_allowed`` say no."""
         groups = decay_param_groups(model, self.weight_decay)
         betas = tuple(self.betas)
-        if self.name == "adamw":
+        if self.name == "adamw":  # Loshchilov & Hutter 2019, "Decoupled weight decay regularization"
             return self._adamw(groups, fused_allowed)
-        if self.name == "muon":
+        if self.name == "muon":  # Jordan et al. 2024, "Muon: an optimizer for hidden layers"
             return self._muon(model, groups, fused_allowed)
-        if self.name == "adafactor":  # lr caps the relative step size min(lr, 1/sqrt(step)), so the schedule acts
-            return torch.optim.Adafactor(groups, lr=self.lr)
-        if self.name in ("radam", "nadam"):  # decoupled weight decay, as AdamW's
-            optimizer = torch.optim.RAdam if self.name == "radam" else torch.optim.NAdam
-            return optimizer(groups, lr=self.lr, betas=betas, eps=self.eps, decoupled_weight_decay=True)
+        if self.name == "adafactor":  # Shazeer & Stern 2018, "Adafactor: adaptive learning rates with sublinear memory"
+            # torch's takes no relative-step switch: lr caps the relative step min(lr, 1/sqrt(step)), so the schedule
+            # acts on it
+            return _torch_optimizer("Adafactor", "2.5")(groups, lr=self.lr)
+        if self.name == "radam":  # Liu et al. 2020, "On the variance of the adaptive learning rate and beyond"
+            return torch.optim.RAdam(groups, lr=self.lr, betas=betas, eps=self.eps, decoupled_weight_decay=True)
+        if self.name == "nadam":  # Dozat 2016, "Incorporating Nesterov momentum into Adam"
+            return torch.optim.NAdam(groups, lr=self.lr, betas=betas, eps=self.eps, decoupled_weight_decay=True)
         package = _pytorch_optimizer(self.name)
-        if self.name == "lamb":
+        if self.name == "lamb":  # You et al. 2020, "Large batch optimization for deep learning" (BERT in 76 minutes)
             return package.Lamb(groups, lr=self.lr, betas=betas, eps=self.eps)
-        if self.name == "lion":
+        if self.name == "lion":  # Chen et al. 2023, "Symbolic discovery of optimization algorithms"
             return package.Lion(groups, lr=self.lr, betas=betas)
-        if self.name == "shampoo":  # Adam-like step sizes (RMSprop grafting) until and between preconditioner updates
+        if self.name == "shampoo":  # Anil et al. 2020, "Scalable second order optimization for deep learning"
+            # Adam-like step sizes (RMSprop grafting) before and between the preconditioner's updates
             return package.ScalableShampoo(groups, lr=self.lr, betas=betas, decoupled_weight_decay=True,
                                            graft_type=3, preconditioning_compute_steps=20)  # 3: RMSPROP
+        # soap: Vyas et al. 2024, "SOAP: improving and stabilizing Shampoo using Adam"
         return package.SOAP(groups, lr=self.lr, betas=betas, eps=self.eps)
 
     def _adamw_settings(self) -> dict:
@@ -120,6 +125,7 @@ class OptimizerConfig:
         biases and norms (Jordan et al. 2024's advice)."""
         from lit_lm.modules.muon_adamw import MuonAdamW
 
+        _torch_optimizer("Muon", "2.9")
         decay, other = groups
         blocks = {id(p) for name, p in model.named_parameters() if ".blocks." in f".{name}"}
         hidden = [p for p in decay["params"] if p.ndim == 2 and id(p) in blocks]
@@ -134,6 +140,14 @@ class OptimizerConfig:
                 if self.fused:
                     raise ValueError(f"model.optimizer.fused is true, but {error} Set it to null or false.") from None
         return MuonAdamW(muon_groups, adamw_groups, dict(lr=self.lr), adamw)
+
+
+def _torch_optimizer(name: str, version: str) -> type[torch.optim.Optimizer]:
+    """``torch.optim.<name>``, or one clear error naming the torch that has it."""
+    if not hasattr(torch.optim, name):
+        raise ImportError(f"model.optimizer.name={name.lower()} needs torch.optim.{name} (torch {version} or newer); "
+                          f"this is torch {torch.__version__}.")
+    return getattr(torch.optim, name)
 
 
 def _pytorch_optimizer(name: str):
