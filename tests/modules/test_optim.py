@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.modules.muon_adamw import MuonAdamW
@@ -126,3 +127,18 @@ def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypat
     losses = [loss for _, loss in train_losses(next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).parent)]
     first, last = statistics.mean(losses[:3]), statistics.mean(losses[-3:])
     assert last < first - 0.3, losses
+
+
+def test_every_variant_of_the_optimizer_ablation_builds_its_optimizer():
+    """The ablation file's words pass the optimizer's own checks (an Adam setting left in the recipe is refused)."""
+    from lit_lm.ablate.spec import read_ablation
+    from lit_lm.cli import resolved_config
+    from tests.conftest import ROOT
+
+    ablation = read_ablation(ROOT / "configs" / "ablations" / "optimizers.yaml")
+    base = resolved_config(ablation.base)["model"]["init_args"]["optimizer"]  # tests/test_ablation_files.py checks
+    names = set()                                                            # that each word resolves as written
+    for variant in ablation.variants:
+        words = dict(word.removeprefix("--model.init_args.optimizer.").split("=", 1) for word in variant.words)
+        names.add(OptimizerConfig(**{**base, **{key: yaml.safe_load(value) for key, value in words.items()}}).name)
+    assert names == set(TAKES)  # every optimizer has its variant
