@@ -106,6 +106,21 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert {g["lr"] for part in (optimizer.muon, optimizer.adamw) for g in part.param_groups} == {0.5}
 
 
+def test_muon_saves_and_loads_both_parts_state():
+    model = EncoderForMaskedLM(tiny())
+    optimizer = OptimizerConfig(name="muon").build(model)
+    ids = torch.randint(5, 50, (4, 12))
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    assert len(saved["state"]) == len(list(model.parameters()))  # Muon's momentum and AdamW's moments, all saved
+    resumed = OptimizerConfig(name="muon").build(model)
+    resumed.load_state_dict(saved)
+    assert resumed.muon.param_groups[0] is resumed.param_groups[0] and resumed.adamw.state is resumed.state
+    momentum = resumed.state[resumed.muon.param_groups[0]["params"][0]]["momentum_buffer"]
+    torch.testing.assert_close(momentum, optimizer.state[optimizer.muon.param_groups[0]["params"][0]]["momentum_buffer"])
+
+
 @pytest.mark.parametrize("name", TAKES)
 def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypatch):
     """A few steps through train.py, learning-rate schedule and gradient clipping included: the loss falls by a
