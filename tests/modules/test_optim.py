@@ -121,6 +121,7 @@ def test_muon_saves_and_loads_both_parts_state():
     torch.testing.assert_close(momentum, optimizer.state[optimizer.muon.param_groups[0]["params"][0]]["momentum_buffer"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TAKES)
 def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypatch):
     """A few steps through train.py, learning-rate schedule and gradient clipping included: the loss falls by a
