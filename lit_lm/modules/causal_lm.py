@@ -34,7 +34,7 @@ class CausalLMModule(PretrainingModule):
 
     Args:
         config: The decoder's shape and switches (the default is GPT-2 small's architecture).
-        optimizer: AdamW settings.
+        optimizer: The optimizer (AdamW by default; ``OptimizerConfig.name`` lists the others) and its settings.
         seq_length: Tokens per training sequence. Set from the data by the CLI; checked against the position table.
         eos_token_id: The end-of-text token that separates documents. Set from the tokenizer by the CLI; the sample
             callback stops generating at it.

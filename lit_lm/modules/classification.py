@@ -110,7 +110,8 @@ class SequenceClassificationModule(PretrainingModule):
         dropout: Hidden dropout while fine-tuning, replacing the pretrained config's.
         attention_dropout: Attention-probability dropout while fine-tuning, replacing the pretrained config's.
         classifier_dropout: Dropout in the classification head.
-        optimizer: AdamW settings (cramming's GLUE learning rate by default).
+        optimizer: The optimizer and its settings (AdamW at cramming's GLUE learning rate by default; see
+            ``OptimizerConfig.name`` for the others).
         compile: Run the model through ``torch.compile``; if compiling fails, say why and continue uncompiled.
     """
 

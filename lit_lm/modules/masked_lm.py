@@ -18,7 +18,7 @@ class MaskedLMModule(PretrainingModule):
 
     Args:
         config: The encoder's shape and switches.
-        optimizer: AdamW settings.
+        optimizer: The optimizer (AdamW by default; ``OptimizerConfig.name`` lists the others) and its settings.
         mask_rate: Fraction of non-special tokens chosen for prediction (BERT 0.15, cramming 0.25).
         mask_token_fraction: Of the chosen tokens, the fraction replaced by [MASK] (BERT 0.8).
         random_token_fraction: Of the chosen tokens, the fraction replaced by a random token (BERT 0.1); the rest

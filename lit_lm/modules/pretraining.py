@@ -1,5 +1,6 @@
 """What every lit-lm pretraining LightningModule shares: compiling with a fallback, the training loss with its
-mixture-of-experts term, AdamW with decay groups, a clear checkpoint check, and FLOP counting for MFU."""
+mixture-of-experts term, the optimizer (AdamW by default) with decay groups, a clear checkpoint check, and FLOP
+counting for MFU."""
 
 import inspect
 from collections.abc import Callable
