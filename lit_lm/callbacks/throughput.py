@@ -30,8 +30,7 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float3
     most CPUs takes seconds for one 1024 x 1024 multiply) is measured in a fraction of a second, not half a minute.
     """
     size = matmul_size(device, dtype, size, target_seconds)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    a, b = random_matrix(size, device, dtype, seed=0), random_matrix(size, device, dtype, seed=1)
     best = float("inf")
     for _ in range(repeats + 1):  # the first run warms up
         start = time.perf_counter()
@@ -40,12 +39,19 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float3
     return 2 * size**3 / best
 
 
+def random_matrix(size: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """A random square matrix from a generator of its own: measuring never moves the run's random state (which
+    draws the masks), however many sizes it tries."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(size, size, device=device, generator=generator).to(dtype)
+
+
 def matmul_size(device: torch.device, dtype: torch.dtype, largest: int = 1024, target_seconds: float = 0.02) -> int:
     """The side of the square matmul to measure: doubled from 256 (or ``largest`` if smaller) while one multiply
     takes under ``target_seconds``, at most ``largest``."""
     size = min(256, largest)
     while size * 2 <= largest:
-        a = torch.randn(size, size, device=device).to(dtype)
+        a = random_matrix(size, device, dtype)
         start = time.perf_counter()
         (a @ a).sum().item()
         if time.perf_counter() - start >= target_seconds:

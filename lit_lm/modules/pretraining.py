@@ -85,7 +85,11 @@ class PretrainingModule(L.LightningModule):
         own = inspect.signature(type(self).__init__).parameters  # hparams from the CLI may hold linked extras
         settings = {key: value for key, value in self.hparams.items()
                     if key in own and key not in (*RESUMABLE_WITH_OTHER, "config")}
-        return {**settings, "config": asdict(self.config)}
+        name = self.optimizer_config.name
+        # the optimizer's settings may change on resume, not the optimizer: its saved state would not fit another
+        # (recorded only when not AdamW, so checkpoints from before the switch existed resume as they did)
+        chosen = {} if name == "adamw" else {"optimizer": {"name": name}}
+        return {**settings, **chosen, "config": asdict(self.config)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run settings (for resume checks) and the run's tokenizer, so generation, evaluation and

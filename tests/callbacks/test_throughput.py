@@ -102,3 +102,12 @@ def test_the_peak_is_measured_on_smaller_matrices_where_one_multiply_is_slow(mon
     monkeypatch.undo()
     assert throughput.matmul_size(torch.device("cpu"), torch.float32, 1024, target_seconds=1e9) == 1024
     assert throughput.matmul_size(torch.device("cpu"), torch.float32, 128, target_seconds=1e9) == 128
+
+
+def test_measuring_the_peak_leaves_the_global_random_state_alone():
+    import lit_lm.callbacks.throughput as throughput
+
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    throughput.measure_matmul_flops(torch.device("cpu"), size=256, repeats=1)
+    assert torch.equal(torch.random.get_rng_state(), before)  # else the masks would depend on the machine's speed

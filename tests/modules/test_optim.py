@@ -158,3 +158,19 @@ def test_every_variant_of_the_optimizer_ablation_builds_its_optimizer():
         words = dict(word.removeprefix("--model.init_args.optimizer.").split("=", 1) for word in variant.words)
         names.add(OptimizerConfig(**{**base, **{key: yaml.safe_load(value) for key, value in words.items()}}).name)
     assert names == set(TAKES)  # every optimizer has its variant
+
+
+def test_a_run_resumes_with_other_optimizer_settings_but_not_another_optimizer():
+    from lit_lm.modules import MaskedLMModule
+
+    def module(**optimizer):
+        return MaskedLMModule(tiny(vocab_size=40), OptimizerConfig(**optimizer), seq_length=8,
+                              special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4)
+
+    adamw = {"run_settings": module().run_settings()}
+    lion = {"run_settings": module(name="lion", eps=1e-6).run_settings()}
+    assert module(lr=3e-4).resume_differences(adamw) == []  # the learning rate may change, as before
+    assert module(name="lion", lr=1e-4, eps=1e-6).resume_differences(lion) == []
+    assert any("optimizer" in line and "lion" in line for line in module().resume_differences(lion))
+    lion_now = module(name="lion", eps=1e-6)
+    assert any("optimizer" in line and "lion" in line for line in lion_now.resume_differences(adamw))
