@@ -30,11 +30,14 @@ LOGS = Path("runs/quickstart/logs")
 NOISE = ("litlogger", "ckpt_path", "LeafSpec", "not supported by the model summary", "Traceback")
 
 
+STEPS_SCHEDULE = "--trainer.callbacks.OneCycleLR.key=steps"
+
+
 def train(cwd: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
     # the schedule keyed to steps, not to the clock (`auto` takes the larger of both): on a loaded machine the first
     # steps' share of the time budget, and so their learning rate, would differ from run to run
     cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-           *TINY, "--data.init_args.paths", f"[{corpus}]", "--trainer.callbacks.OneCycleLR.key=steps", *extra]
+           *TINY, "--data.init_args.paths", f"[{corpus}]", STEPS_SCHEDULE, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
@@ -100,7 +103,8 @@ def test_the_saved_config_reproduces_the_run_alone(corpus, tmp_path):
     shutil.copy(tmp_path / LOGS / "version_0" / "config.yaml", alone)
     assert "base" not in yaml.safe_load(alone.read_text())
     recipe = ROOT / "configs" / "quickstart.yaml"
-    assert resolved_config(alone) == resolved_config(recipe, *TINY, "--data.init_args.paths", f"[{corpus}]", *overrides)
+    words = [*TINY, "--data.init_args.paths", f"[{corpus}]", STEPS_SCHEDULE, *overrides]
+    assert resolved_config(alone) == resolved_config(recipe, *words)
 
 
 def test_resuming_last_with_no_run_is_a_clear_error(corpus, tmp_path):
