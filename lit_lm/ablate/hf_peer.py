@@ -13,9 +13,9 @@ transformers' default way, not lit-lm's:
   output matrix tied to the input embeddings.
 - ``transformers.Trainer`` with ``DataCollatorForLanguageModeling`` (15% of the tokens masked, 80/10/10), the
   Trainer's default AdamW, BERT's published settings (Devlin et al. 2018, and the Adam epsilon of its code):
-  ``BERT_SETTINGS``; warmup over the first 1% of the steps (rounded down), then linear decay to zero (``lr_scheduler_type
-  linear``); gradient clipping at 1.0 (the Trainer's default and BERT's code); the base's effective batch
-  (``data.batch_size`` times the accumulation that reaches the ``BatchSizeRamp`` target, or
+  ``BERT_SETTINGS``; warmup over the first 1% of the steps (rounded down), then linear decay to zero
+  (``lr_scheduler_type linear``); gradient clipping at 1.0 (the Trainer's default and BERT's code); the base's
+  effective batch (``data.batch_size`` times the accumulation that reaches the ``BatchSizeRamp`` target, or
   ``trainer.accumulate_grad_batches`` without a ramp); mixed precision as lit-lm's ``trainer.precision`` resolves
   (bf16 where ``auto_precision`` says bf16-mixed, fp16 for 16-mixed on a GPU, else fp32); no evaluation by the
   Trainer; the seed is the config's ``seed_everything``. One fix: an accumulated batch's loss is the mean of its

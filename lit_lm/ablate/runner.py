@@ -276,7 +276,8 @@ class Runner:
         summaries = summarize(results, order, reference)
         from lit_lm.glue.suite import task_name
 
-        tasks = [name for name in map(task_name, self.settings.downstream) if any(name in r.downstream for r in results)]
+        tasks = [name for name in map(task_name, self.settings.downstream)
+                 if any(name in r.downstream for r in results)]
         import lightning as L
 
         machine = (f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}, "

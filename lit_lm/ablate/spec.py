@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 
 PEERS = ("hf-trainer",)
-"""Variants that are not lit-lm runs: ``hf-trainer`` is transformers' standard masked-LM recipe (lit_lm.ablate.hf_peer)."""
+"""Variants that are not lit-lm runs: ``hf-trainer`` is transformers' standard masked-LM recipe
+(lit_lm.ablate.hf_peer)."""
 
 
 class AblationFileError(ValueError):
