@@ -132,6 +132,26 @@ def load_causal_lm(path: str | Path, tokenizer: str | Path | None = None) -> tup
     return model, loaded
 
 
+def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary file beside ``path`` (same suffix, so writers that read it see the format),
+    which is then renamed into place: a reader never sees half a file, and an interrupted write leaves none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """``path`` holding ``text``, written atomically (``write_file_atomically``)."""
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text))
+
+
 def write_atomically(folder: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """``write(tmp)`` fills a temporary folder beside ``folder``, which is then renamed into place: an interrupted
     write never leaves half a folder. An existing non-empty ``folder`` is refused unless ``overwrite``."""

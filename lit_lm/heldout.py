@@ -8,14 +8,13 @@ next token (causal-LM). The ablation runner builds one per ablation; ``lit_lm.ca
 during training.
 """
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from lit_lm.checkpoint import write_file_atomically
 from lit_lm.models.output import IGNORE_INDEX
 
 Objective = Literal["masked", "causal"]
@@ -65,17 +64,9 @@ class HeldOutSet:
 
     def save(self, path: str | Path) -> Path:
         """Writes the set to ``path`` atomically (a half-written file is never read)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            torch.save({"inputs": self.inputs, "labels": self.labels, "attention_mask": self.attention_mask,
-                        "objective": self.objective, "card": self.card}, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        return write_file_atomically(path, lambda tmp: torch.save(
+            {"inputs": self.inputs, "labels": self.labels, "attention_mask": self.attention_mask,
+             "objective": self.objective, "card": self.card}, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> "HeldOutSet":

@@ -54,6 +54,8 @@ import numpy as np
 import torch
 import yaml
 
+from lit_lm.checkpoint import write_text_atomically
+
 if TYPE_CHECKING:
     from lit_lm.data.store import TokenStore
 
@@ -426,7 +428,7 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
                                   "1% warmup then linear decay; eps 1e-6 and clipping 1.0 as in its code"},
         "model": "model",
     }
-    write_atomically(out / "result.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomically(out / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -441,12 +443,6 @@ def save_model(model, datamodule, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(staging, folder)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 # ---- for the ablation runner ----

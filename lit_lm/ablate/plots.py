@@ -1,10 +1,9 @@
 """The held-out loss of every variant against wall-clock training time and against tokens seen, as PNG files."""
 
-import os
-import tempfile
 from pathlib import Path
 
 from lit_lm.ablate.results import RunResult
+from lit_lm.checkpoint import write_file_atomically
 
 
 def plot_curves(results: list[RunResult], order: list[str], out: Path, title: str) -> list[Path]:
@@ -33,14 +32,9 @@ def plot_curves(results: list[RunResult], order: list[str], out: Path, title: st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / name
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=110)
-            os.replace(tmp, path)
+            path = write_file_atomically(out / name, lambda tmp: fig.savefig(tmp, dpi=110))
         finally:
-            Path(tmp).unlink(missing_ok=True)
             plt.close(fig)
         written.append(path)
     return written

@@ -2,11 +2,11 @@
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lit_lm.checkpoint import write_text_atomically
 
 
 @dataclass
@@ -105,14 +105,3 @@ def fmt_int(value: float | None) -> str:
 
 def fmt_score(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

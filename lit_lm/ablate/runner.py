@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lit_lm.ablate.plots import plot_curves
-from lit_lm.ablate.results import RunResult, markdown_table, summarize, write_text_atomically
+from lit_lm.ablate.results import RunResult, markdown_table, summarize
+from lit_lm.checkpoint import write_text_atomically
 from lit_lm.ablate.spec import Ablation, AblationFileError, Variant
 from lit_lm.heldout import HeldOutSet
 from lit_lm.runs import find_last_checkpoint

@@ -7,10 +7,10 @@ a task with two metrics scores their mean).
 """
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lit_lm.checkpoint import write_text_atomically
 
 # How each metric the fine-tuning module logs is shown, in the order GLUE lists them.
 METRIC_LABELS = {"f1": "F1", "accuracy": "accuracy", "matthews": "Matthews corr.", "pearson": "Pearson",
@@ -68,8 +68,8 @@ class Results:
         """Write results.json and results.md, each to a temporary file renamed into place (never half written)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         items = [asdict(r) for column in self.done.values() for r in column.values()]
-        _write_atomically(self.folder / "results.json", json.dumps({"results": items}, indent=2) + "\n")
-        _write_atomically(self.folder / "results.md", self.markdown())
+        write_text_atomically(self.folder / "results.json", json.dumps({"results": items}, indent=2) + "\n")
+        write_text_atomically(self.folder / "results.md", self.markdown())
 
     def markdown(self) -> str:
         columns = self.columns or list(self.done)
@@ -91,14 +91,3 @@ class Results:
                             if scores and all(scores) else "-")
         lines.append("| **average** | score | " + " | ".join(averages) + " |")
         return "\n".join(lines) + "\n"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
