@@ -57,8 +57,11 @@ def filesystem(url: str, options: dict | None = None):
     import fsspec
 
     check_storage_options(options)
+    options = dict(options or {})
+    if fsspec.core.split_protocol(url)[0] in (None, "file", "local"):  # a folder (a shared filesystem, a test)
+        options.setdefault("auto_mkdir", True)
     try:
-        return fsspec.core.url_to_fs(url, **(options or {}))
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as error:
         protocol = url.split("://", 1)[0]
         extra = EXTRAS.get(protocol)
@@ -92,9 +95,9 @@ def comparable(settings: dict) -> dict:
 
 
 def _unreachable(url: str, action: str, error: Exception) -> RemoteStoreError:
-    return RemoteStoreError(f"cannot {action} {url}: {type(error).__name__}: {error}. Check the URL, the credentials "
-                            "(AWS_ACCESS_KEY_ID / AWS_PROFILE) and, for an S3-compatible server, its endpoint "
-                            "(AWS_ENDPOINT_URL or data.storage_options.endpoint_url).")
+    hint = (" Check the bucket, the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and, for an S3-compatible server, "
+            "its endpoint (AWS_ENDPOINT_URL or data.storage_options.endpoint_url)." if url.startswith("s3") else "")
+    return RemoteStoreError(f"cannot {action} {url}: {type(error).__name__}: {error}.{hint}")
 
 
 def read_manifest(fs, root: str, url: str) -> bytes | None:
@@ -121,11 +124,12 @@ def parse_manifest(raw: bytes, url: str) -> dict:
 
 def upload_store(folder: Path, url: str, identity: dict, options: dict | None = None,
                  progress: bool = True) -> dict:
-    """Copy the built store ``folder`` to ``url``, its manifest last; skip files the URL already holds at their size.
+    """Copy the built store ``folder`` to ``url``, its manifest last.
 
-    ``identity`` is what the store was built from (Recipe.identity: the settings, the corpus by hash). Uploading the
-    same store again finishes an interrupted upload or does nothing; a URL holding another store is refused, since
-    nodes may be reading it. Returns a summary: the URL, files, bytes, and how many were sent.
+    ``identity`` is what the store was built from (Recipe.identity: the settings, the corpus by hash). A URL without
+    a manifest (nothing, or an interrupted upload) gets every file; a URL holding this store already is left as it
+    is; a URL holding another store is refused, since nodes may be reading it. Returns a summary: the URL, files,
+    bytes, how many were sent.
     """
     fs, root = filesystem(url, options)
     root = root.rstrip("/")
@@ -141,20 +145,14 @@ def upload_store(folder: Path, url: str, identity: dict, options: dict | None = 
         raise RemoteStoreError(f"{url} already holds another store; upload to a new prefix (a store that nodes may "
                                "be reading is never overwritten), or delete that one first.")
     try:
-        fs.invalidate_cache(root)  # what the URL holds now, not what this process listed before
-        there = {path: info["size"] for path, info in fs.find(root, detail=True).items()} if fs.exists(root) else {}
-        send = [rel for rel, meta in files.items() if there.get(f"{root}/{rel}") != meta["size"]]
         if progress:
-            mb = sum(files[rel]["size"] for rel in send) / 1e6
-            print(f"uploading {len(send)} files ({mb:.1f} MB) to {url} ...", file=sys.stderr, flush=True)
-        if send:
-            fs.put([str(folder / rel) for rel in send], [f"{root}/{rel}" for rel in send])
+            print(f"uploading {len(files)} files ({summary['bytes'] / 1e6:.1f} MB) to {url} ...", file=sys.stderr,
+                  flush=True)
+        fs.put([str(folder / rel) for rel in files], [f"{root}/{rel}" for rel in files])
         fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # last: the store is complete
-    except RemoteStoreError:
-        raise
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any backend's failure becomes one line naming the settings
         raise _unreachable(url, "write to", error) from error
-    return {**summary, "uploaded_files": len(send), "already_there": False}
+    return {**summary, "uploaded_files": len(files), "already_there": False}
 
 
 # ---- download into the read cache --------------------------------------------------------------------------------
