@@ -14,7 +14,7 @@ from lit_lm.cli import LitLMCLI
 from lit_lm.cli import run as cli_run
 from lit_lm.data import PretrainingDataModule, Recipe, TokenizerConfig
 from lit_lm.data.__main__ import main as data_main
-from lit_lm.data.__main__ import upload
+from lit_lm.data.__main__ import prepare, upload
 from lit_lm.data.remote import MANIFEST, RemoteStoreError, fetch_store, filesystem, upload_store
 from tests.conftest import ROOT, InterruptAt, write_corpus
 
@@ -120,7 +120,7 @@ def test_a_run_streams_its_store_from_s3_and_resumes_with_the_rows_not_yet_train
         (tmp_path / folder).mkdir()
     local = ["--data.paths", f"[{corpus}]"]
     monkeypatch.chdir(tmp_path / "local")  # the reference: the same run from the local store, uninterrupted
-    reference, _ = fit([*local, "--trainer.max_steps", "12"])
+    reference, local_data = fit([*local, "--trainer.max_steps", "12"])
 
     monkeypatch.chdir(tmp_path / "build")
     summary = upload(["--config", QUICKSTART, *TINY, *DATA, *local, "--data.storage_options", options, "--to", url])
@@ -128,17 +128,20 @@ def test_a_run_streams_its_store_from_s3_and_resumes_with_the_rows_not_yet_train
 
     monkeypatch.chdir(tmp_path / "node")  # a training node: no corpus named, the store from S3
     remote = ["--data.store", url, "--data.storage_options", options, "--data.paths", f"[{tmp_path / 'absent'}]"]
+    warmed = prepare(["--config", QUICKSTART, *TINY, *DATA, *remote])  # prepare fills the node's read cache
+    assert warmed["downloaded_files"] == 8 and warmed["store"] == url
     interrupted = Record()
     with pytest.raises(SystemExit):  # Ctrl-C at step 7: the recipe saves last.ckpt and exits
         fit([*remote, "--trainer.max_steps", "12"], InterruptAt(7), interrupted)
     assert interrupted.rows == reference.rows[: 7 * 8]  # the same rows, in the same order, as from the local store
     assert interrupted.losses == pytest.approx(reference.losses[:7], rel=1e-3)  # float sums vary with threads
     shards = [line for line in requests.gets(key_of(url)) if "/shard-" in line]
-    assert len(shards) == 4  # the first run downloaded each shard file once
+    assert len(shards) == 4  # each shard file was downloaded once, by prepare
     resumed, data = fit([*remote, "--trainer.max_steps", "12"], ckpt_path="last")
 
     assert resumed.rows == reference.rows[7 * 8 :]  # exactly the rows the interrupted run had not trained on
     assert data.card["store"] == url and data.card["docs_in"] == 120  # the store's own data card
+    assert data.resume_settings() == local_data.resume_settings()  # so a local run's checkpoint resumes from S3 too
     assert data.card["downloaded_files"] == 0  # the read cache, reused: no shard was fetched again
     assert [line for line in requests.gets(key_of(url)) if "/shard-" in line] == shards
 
