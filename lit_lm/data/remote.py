@@ -160,7 +160,9 @@ def upload_store(folder: Path, url: str, identity: dict, options: dict | None = 
 def check_settings(manifest: dict, run_settings: dict, url: str) -> None:
     """One RemoteStoreError naming every data setting in which the store at ``url`` differs from this run's."""
     stored, now = flatten(comparable(manifest.get("identity", {}))), flatten(comparable(run_settings))
-    lines = [f"data.{key}: {stored.get(key, '(unset)')!r} in the store, {now.get(key, '(unset)')!r} in this run"
+    names = {"version": "the store format (lit_lm.data.recipe.STORE_VERSION)"}
+    lines = [f"{names.get(key, 'data.' + key)}: {stored.get(key, '(unset)')!r} in the store, "
+             f"{now.get(key, '(unset)')!r} in this run"
              for key in sorted(stored.keys() | now.keys()) if stored.get(key, "(unset)") != now.get(key, "(unset)")]
     if lines:
         raise RemoteStoreError(f"the store at {url} was built with other data settings:\n  " + "\n  ".join(lines)

@@ -8,7 +8,7 @@ import sys
 import uuid
 
 import pytest
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from lit_lm.cli import LitLMCLI
 from lit_lm.cli import run as cli_run
@@ -17,9 +17,6 @@ from lit_lm.data.__main__ import main as data_main
 from lit_lm.data.__main__ import prepare, upload
 from lit_lm.data.remote import MANIFEST, RemoteStoreError, fetch_store, filesystem, upload_store
 from tests.conftest import ROOT, InterruptAt, write_corpus
-
-moto_server = pytest.importorskip("moto.server")
-pytest.importorskip("s3fs")
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 DATA = ["--data.split", "paragraph", "--data.tokenizer.vocab_size", "300", "--data.seq_length", "32",
@@ -49,9 +46,12 @@ class Requests(logging.Handler):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """An S3-compatible server (moto) on a free localhost port, a bucket, and this module's AWS settings."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
     s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     requests = Requests()
-    werkzeug = logging.getLogger("werkzeug")
+    werkzeug = logging.getLogger("werkzeug")  # the server logs each request here
+    level = werkzeug.level
     with pytest.MonkeyPatch.context() as env:
         for name, value in CREDENTIALS.items():
             env.setenv(name, value)
@@ -70,6 +70,7 @@ def server(tmp_path_factory):
         yield endpoint, requests
         s3.stop()
         werkzeug.removeHandler(requests)
+        werkzeug.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,6 @@ class Record(Callback):
 
 def fit(args, *callbacks, ckpt_path=None) -> tuple[Record, PretrainingDataModule]:
     cli = LitLMCLI(args=["--config", QUICKSTART, *TINY, *DATA, *args], run=False)
-    next(cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))._every_n_train_steps = 0
     record = Record()
     cli.trainer.callbacks += [*callbacks, record]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
