@@ -4,6 +4,7 @@
 import importlib
 import json
 import logging
+import multiprocessing
 import sys
 import uuid
 
@@ -184,6 +185,19 @@ def test_the_read_cache_is_reused_and_a_corrupted_cached_shard_is_downloaded_aga
     assert card["downloaded_files"] == 1 and shard.read_bytes() == good
     assert [p.name for p in first.rglob(".tmp-*")] == []
 
+
+def _fetch(url, cache_dir, settings, options) -> int:
+    return fetch_store(url, cache_dir, settings, options, progress=False)[1]["downloaded_files"]
+
+
+def test_ranks_sharing_a_read_cache_download_the_store_once(server, built, tmp_path):
+    endpoint, _ = server
+    folder, identity, settings = built
+    url, options = new_url(), {"endpoint_url": endpoint}
+    upload_store(folder, url, identity, options, progress=False)
+    with multiprocessing.get_context("fork").Pool(2) as ranks:  # two ranks of a node start at once
+        downloaded = ranks.starmap(_fetch, [(url, tmp_path / "cache", settings, options)] * 2)
+    assert sorted(downloaded) == [0, 8]  # one downloaded under the lock, the other found every file checked
 
 def test_a_store_changed_after_its_upload_is_refused(server, built, tmp_path):
     endpoint, _ = server
