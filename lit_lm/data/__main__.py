@@ -13,6 +13,7 @@ that URL (lit_lm.data.remote), its manifest last; every node then trains with ``
 import argparse
 import json
 import sys
+from unittest import mock
 
 from lit_lm.cli import main as cli_main
 from lit_lm.cli import run, user_error
@@ -30,8 +31,12 @@ def prepare(args: list[str]) -> dict:
 def upload(args: list[str]) -> dict:
     """Build (or reuse) the store of ``args`` (as ``prepare``), copy it to the URL after ``--to``; print and return
     the upload's summary. ``--data.storage_options`` reaches the URL's filesystem."""
-    parser = argparse.ArgumentParser(prog="python -m lit_lm.data upload", add_help=False)
-    parser.add_argument("--to", required=True, help="where the store goes: s3://bucket/prefix or any fsspec URL")
+    usage = USAGE.splitlines()[-1].strip()
+    if {"-h", "--help"} & set(args):
+        print(f"{usage}\n  --to URL  where the store goes: s3://bucket/prefix or any fsspec URL\nThe rest as prepare:")
+        cli_main(["prepare", *args])  # train.py's help, which exits
+    parser = argparse.ArgumentParser(prog="python -m lit_lm.data upload", usage=usage, add_help=False)
+    parser.add_argument("--to", required=True, metavar="URL")
     known, rest = parser.parse_known_args(args)
     if any(arg.split("=")[0] in ("--data.store", "--data.init_args.store") for arg in rest):
         raise RemoteStoreError("upload builds the store from the corpus and sends it to --to; drop --data.store.")
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         run(argv)
         return
     try:
-        upload(argv[1:])
+        with mock.patch.object(sys, "argv", sys.argv[:1]):  # the arguments reach train.py's parser as a list
+            upload(argv[1:])
     except Exception as error:
         cause = user_error(error)
         if cause is None:
