@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from lit_lm.data.cache import default_cache_dir
 from lit_lm.data.recipe import (CleaningConfig, CorpusError, DedupConfig, DocumentSplit, Recipe, SourceConfig,
                                 TokenizerConfig)
+from lit_lm.data.remote import check_storage_options, fetch_store
 from lit_lm.data.store import TokenStore
 from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows
 from lit_lm.data.tokenizer import SpecialTokens, load_tokenizer
@@ -46,6 +47,13 @@ class PretrainingDataModule(L.LightningDataModule):
         seed: Seed of the validation split, the source-weight sampling and the per-epoch shuffle.
         cache_dir: Where stores are cached; None uses $LIT_LM_CACHE or ~/.cache/lit-lm.
         progress: Show progress bars while building the store.
+        store: Train from a store built and uploaded once (``python -m lit_lm.data upload``) instead of building one:
+            its URL, ``s3://bucket/prefix`` or any fsspec URL (docs/object-storage.md). Its files are downloaded
+            once into a read cache under `cache_dir`; `paths` and `sources` are not read (the corpus is the
+            store's), and the other settings above that shape a store must match the store's.
+        storage_options: Options of the store's filesystem (s3fs), e.g. ``{endpoint_url: http://host:9000}`` for an
+            S3-compatible server; never credentials (the config is saved with the run): those come from the
+            environment or ~/.aws.
     """
 
     def __init__(
@@ -65,17 +73,21 @@ class PretrainingDataModule(L.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         progress: bool = True,
+        store: str | None = None,
+        storage_options: dict | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or (num_proc is not None and num_proc < 1):
             raise ValueError("data.batch_size and data.num_proc must be >= 1 and data.num_workers >= 0.")
         Recipe.check(split, seq_length, val_fraction, paths)  # at once; the corpus is looked at on first use
+        check_storage_options(storage_options)
         self.paths, self.sources, self.split = paths, sources, split
         self.cleaning, self.dedup, self.tokenizer_config = cleaning, dedup, tokenizer
         self.seq_length, self.cross_documents, self.val_fraction = seq_length, cross_documents, val_fraction
         self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
         self.num_proc = num_proc or os.cpu_count() or 1
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.store, self.storage_options = store, storage_options
         self.card: dict = {}
         self._resume: dict | None = None
         self._sampler: ExactlyOnceSampler | None = None
@@ -124,11 +136,24 @@ class PretrainingDataModule(L.LightningDataModule):
 
     @cached_property
     def store_dir(self) -> Path:
-        """The recipe's cached store, built on first use (see Recipe.build); its data card goes to ``card``."""
+        """The recipe's cached store, built on first use (see Recipe.build), or the read cache of ``store``; its data
+        card goes to ``card``."""
+        if self.store is not None:
+            store, self.card = fetch_store(self.store, self.cache_dir, self.shape_settings(), self.storage_options,
+                                           self.progress)
+            downloaded = self.card["downloaded_files"]
+            rank_zero_info(f"data: read cache {store} of {self.store} ({downloaded} files downloaded)")
+            rank_zero_info(f"data card: {json.dumps(self.card)}")
+            return store
         store, self.card = self.recipe.build(self.cache_dir, self.num_proc, self.progress)
         rank_zero_info(f"data: {'reusing' if self.card['cache_hit'] else 'built'} {store}")
         rank_zero_info(f"data card: {json.dumps(self.card)}")
         return store
+
+    def shape_settings(self) -> dict:
+        """This module's settings that shape a store, the corpus aside (a store given by URL carries its own)."""
+        return Recipe(None, self.split, self.cleaning, self.dedup, self.tokenizer_config, self.seq_length,
+                      self.val_fraction, self.seed, self.cross_documents).settings
 
     def prepare_data(self) -> None:
         _ = self.store_dir
@@ -182,7 +207,9 @@ class PretrainingDataModule(L.LightningDataModule):
     def resume_settings(self) -> dict:
         """What a resumed run must share with the checkpoint: the store's settings (the corpus by its hash) and the
         micro-batch, on which the stream's position depends."""
-        return {**self.recipe.identity(), "batch_size": self.batch_size}
+        identity = (json.loads((self.store_dir / "manifest.json").read_text())["identity"] if self.store is not None
+                    else self.recipe.identity())  # a store by URL: what it was built from, as its manifest says
+        return {**identity, "batch_size": self.batch_size}
 
     def state_dict(self) -> dict:
         if self.trainer is None or self._sampler is None:
