@@ -81,7 +81,7 @@ class Recipe:
             file = Path(self.tokenizer.path).expanduser()
             file = file / "tokenizer.json" if file.is_dir() else file
             tokenizer["content"] = file.stat().st_mtime_ns if file.is_file() else None
-        return {"version": STORE_VERSION, "corpus": corpus, "split": self.split, "cleaning": asdict(self.cleaning),
+        return {"version": STORE_VERSION, "corpus": corpus, "split": self.split, "cleaning": self.cleaning.identity(),
                 "dedup": asdict(self.dedup), "tokenizer": tokenizer, "seq_length": self.seq_length,
                 "val_fraction": self.val_fraction, "seed": self.seed, "cross_documents": self.cross_documents}
 

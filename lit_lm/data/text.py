@@ -4,7 +4,7 @@ import codecs
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -53,6 +53,16 @@ class CleaningConfig:
                              "latin-1, cp1252 or another name from Python's codecs list.") from None
         if self.max_tokens_per_char is not None and self.max_tokens_per_char <= 0:
             raise ValueError(f"data.cleaning.max_tokens_per_char must be > 0 or null, got {self.max_tokens_per_char}.")
+
+
+    def identity(self) -> dict:
+        """These settings as a store's cache key takes them: the fields added since stores were first cached are left
+        out while at their defaults, so that those stores keep their keys."""
+        values = asdict(self)
+        for name, default in (("max_line_chars", 1_000_000), ("encoding", "utf-8")):
+            if values[name] == default:
+                del values[name]
+        return values
 
 
 @dataclass
