@@ -161,7 +161,7 @@ class Trainer(L.Trainer):
             ckpt_path = str(self.last_checkpoint())
             rank_zero_info(f"resuming from {ckpt_path}")
         resume_id = None
-        if ckpt_path not in (None, "best", "hpc") and "://" not in str(ckpt_path):  # a missing or damaged file: one line
+        if ckpt_path not in (None, "best", "hpc") and "://" not in str(ckpt_path):  # missing or damaged: one line
             check_resume(ckpt_path, model, datamodule)
             resume_id = stored_wandb_run_id(read_checkpoint(ckpt_path))
         before_wandb_starts(self, resume_id)
@@ -342,8 +342,9 @@ def user_error(error: BaseException) -> BaseException | None:
             return error
         if isinstance(error, OSError) and error.errno in DISK_FULL:
             where = f" writing {error.filename}" if error.filename else ""
-            return DiskFullError(f"the disk is full ({error.strerror}){where}. Free space, or point trainer.default_root_dir (run folders, checkpoints) and "
-                                 "data.cache_dir (data stores) at a disk with room.")
+            return DiskFullError(f"the disk is full ({error.strerror}){where}. Free space, or point "
+                                 "trainer.default_root_dir (run folders, checkpoints) and data.cache_dir (data "
+                                 "stores) at a disk with room.")
         parsing = parsing or any("jsonargparse" in Path(frame.f_code.co_filename).parts for frame in _frames(error))
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None

@@ -33,8 +33,8 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> dict:
     truncated or not a checkpoint at all."""
     path = Path(path)
     if not path.is_file():
-        raise ResumeError(f"{setting}: {str(path)!r} does not exist. Give an existing checkpoint file, `last` to resume "
-                          f"the recipe's newest run, or {START_FRESH}.")
+        raise ResumeError(f"{setting}: {str(path)!r} does not exist. Give an existing checkpoint file, `last` to "
+                          f"resume the recipe's newest run, or {START_FRESH}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # a truncated or foreign file fails in zipfile, pickle or torch: one message for all

@@ -84,7 +84,7 @@ def _block_texts(kind: str, payload, text_field: str, counters: Counters, encodi
                 yield normalise_line_ends(text)
             else:
                 counters.missing_field += 1
-    else:  # already-decoded records
+    elif kind == "records":  # already-decoded records ("skipped" files hold none)
         for text in payload:
             yield normalise_line_ends(text)
 
