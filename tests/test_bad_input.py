@@ -280,8 +280,7 @@ class FullDisk:
 
 
 def test_a_full_disk_while_writing_a_store_keeps_the_cache_whole(shared, tmp_path, capsys, monkeypatch):
-    user_runs(shared.args("prepare"), tmp_path, capsys)  # the shared corpus's store, cached
-    stores = shared.cache / "stores"
+    stores = shared.cache / "stores"  # the shared corpus's store, built by the fixture's run
     before = {store.name: digest(store) for store in stores.iterdir() if store.is_dir()}
     corpus = write_corpus(tmp_path / "new", n_files=4, paragraphs=20, seed=1)
     with monkeypatch.context() as patch:
