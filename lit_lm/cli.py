@@ -6,8 +6,10 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Optional, Union
 from unittest import mock
@@ -18,6 +20,7 @@ import torch
 import yaml
 from jsonargparse import ActionConfigFile, set_parsing_settings
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins import _PLUGIN_INPUT
@@ -32,7 +35,14 @@ from lit_lm.loggers import (RunDashboard, before_wandb_starts, finish_wandb_run,
 from lit_lm.precision import AUTO, auto_precision, precision_plugin
 from lit_lm.pretrained import PretrainedSourceError
 from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
-from lit_lm.runs import ResumeError, check_resume, find_last_checkpoint
+from lit_lm.runs import (DISK_FULL, DiskFullError, ResumeError, check_resume, disk_space_for, find_last_checkpoint,
+                         read_checkpoint)
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+class SettingError(ValueError):
+    """A setting with a value no run can use; the message names the setting and what to write instead."""
 
 # Field docstrings of the config dataclasses become the --help text.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -151,11 +161,18 @@ class Trainer(L.Trainer):
             ckpt_path = str(self.last_checkpoint())
             rank_zero_info(f"resuming from {ckpt_path}")
         resume_id = None
-        if ckpt_path not in (None, "best", "hpc") and Path(ckpt_path).is_file():
+        if ckpt_path not in (None, "best", "hpc") and "://" not in str(ckpt_path):  # missing or damaged: one line
             check_resume(ckpt_path, model, datamodule)
-            resume_id = stored_wandb_run_id(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True))
+            resume_id = stored_wandb_run_id(read_checkpoint(ckpt_path))
         before_wandb_starts(self, resume_id)
         return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def save_checkpoint(self, filepath, weights_only: bool = False, storage_options: Optional[object] = None) -> None:
+        """Lightning's, with a full disk as one DiskFullError: the file is written whole or not at all (Lightning
+        writes a temporary file and moves it into place), so the previous checkpoint stays loadable."""
+        with disk_space_for(f"the checkpoint {Path(filepath).name}", Path(filepath).parent,
+                            "trainer.default_root_dir (the run folder)"):
+            super().save_checkpoint(filepath, weights_only, storage_options)
 
     def prepare(self, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
         """Build (or reuse) the data's cached store and print its data card as one JSON line, the last printed.
@@ -186,6 +203,45 @@ def probe_shape(config) -> tuple[int, int, int]:
         return 1024, 256, 1024
 
 
+def check_max_time(value: object) -> None:
+    """Refuse a ``trainer.max_time`` Lightning's Timer cannot read, saying how to write one."""
+    if value is None or isinstance(value, timedelta):
+        return
+    if isinstance(value, str) and re.fullmatch(r"\d+:\d+:\d+:\d+", value.strip()):
+        return
+    if isinstance(value, dict):
+        try:
+            timedelta(**value)
+            return
+        except TypeError:
+            pass
+    raise SettingError(f"trainer.max_time: {value!r} is not a duration; write DD:HH:MM:SS (00:04:30:00 is four and a "
+                       "half hours) or {hours: 4, minutes: 30}, or null for no time limit.")
+
+
+class Parser(RecipeParser):
+    """The recipe parser, with a value of the wrong type said in one line instead of after the whole usage."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        from jsonargparse._common import debug_mode_active
+
+        if not self.exit_on_error or debug_mode_active():
+            return super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {condensed(message)}\ntip: `{prog} --help` lists every setting and what it takes.\n")
+        sys.exit(2)
+
+
+def condensed(message: str) -> str:
+    """jsonargparse's message for a bad value without its bookkeeping of union types, as ``key.path: what is wrong``
+    (``model.config.hidden_size: Expected a <class 'int'>. Got value: big``); other messages as they are."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    noise = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+             "Expected a <class 'NoneType'>", "Problem with given class_path", "Parser key")
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip() and not any(n in line for n in noise)]
+    return f"{'.'.join(keys)}: {lines[0]}" if keys and len(lines) == 1 else message
+
+
 class LitLMCLI(LightningCLI):
     """``train.py fit|validate|test --config recipe.yaml``: a LightningCLI that links data settings into the model."""
 
@@ -199,7 +255,7 @@ class LitLMCLI(LightningCLI):
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
-        parser = RecipeParser(**kwargs)
+        parser = Parser(**kwargs)
         parser.add_argument("-c", "--config", action=ActionConfigFile, help=CONFIG_HELP)
         return parser
 
@@ -209,6 +265,7 @@ class LitLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        check_max_time(config.trainer.get("max_time"))
         if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
             config.trainer.precision = resolve_auto_precision(config.trainer.accelerator, probe_shape(config))
         loggers = config.trainer.logger
@@ -216,6 +273,17 @@ class LitLMCLI(LightningCLI):
         if uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"
             rank_zero_info("wandb: no API key found (`wandb login` or WANDB_API_KEY logs online); logging offline")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before anything is built: a missing or damaged file is one ResumeError, not a
+        traceback from torch.load. Lightning's own version also overwrote the recipe's model settings with the
+        checkpoint's hyperparameters (failing on lit-lm's linked ones); here the recipe stays what runs, and
+        Trainer.fit names every setting in which it differs from the checkpoint (lit_lm.runs.check_resume), the same
+        for a file as for ``last``."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in str(ckpt_path):
+            read_checkpoint(ckpt_path)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -225,7 +293,7 @@ class LitLMCLI(LightningCLI):
 
 # Errors a user causes with a setting or a file: one message, no traceback (main() still raises, for tests).
 USER_ERRORS = (CorpusError, TokenizerError, ResumeError, NonFiniteLossError, RecipeError, CheckpointError,
-               PretrainedSourceError)
+               PretrainedSourceError, SettingError, DiskFullError, MisconfigurationException)
 
 
 def main(args: list[str] | None = None) -> LitLMCLI:
@@ -265,11 +333,32 @@ def run(args: list[str] | None = None) -> None:
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """``error`` or the error behind it that a user caused (``USER_ERRORS``); jsonargparse wraps what a model or
-    data class raises while it is built in a ValueError of its own."""
-    seen = 0
+    """``error`` or the error behind it that a user caused: one of ``USER_ERRORS``; a ValueError that lit-lm's own
+    code raised to refuse a setting while jsonargparse built the classes (it wraps it in a ValueError of its own);
+    or a write that found the disk full."""
+    seen, parsing = 0, False
     while error is not None and seen < 10:
-        if isinstance(error, USER_ERRORS):
+        if isinstance(error, USER_ERRORS) or (parsing and isinstance(error, ValueError) and _raised_by_lit_lm(error)):
             return error
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            where = f" writing {error.filename}" if error.filename else ""
+            return DiskFullError(f"the disk is full ({error.strerror}){where}. Free space, or point "
+                                 "trainer.default_root_dir (run folders, checkpoints) and data.cache_dir (data "
+                                 "stores) at a disk with room.")
+        parsing = parsing or any("jsonargparse" in Path(frame.f_code.co_filename).parts for frame in _frames(error))
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
+
+
+def _frames(error: BaseException) -> list:
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _raised_by_lit_lm(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error`` is lit-lm's own code (a ``raise`` of ours, not a library's)."""
+    frames = _frames(error)
+    return bool(frames) and Path(frames[-1].f_code.co_filename).resolve().is_relative_to(PACKAGE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lit_lm.data.dedup import DedupConfig, DedupStats, Deduplicator, hash_documents
-from lit_lm.data.sources import read_default_corpus
-from lit_lm.data.text import CleaningConfig, DocumentSplit, decode, normalise, normalise_line_ends, split_documents
+from lit_lm.data.sources import CorpusError, read_default_corpus
+from lit_lm.data.text import (CleaningConfig, DocumentSplit, decode, drop_long_lines, normalise, normalise_line_ends,
+                              split_documents)
 
 if TYPE_CHECKING:
     from lit_lm.data.recipe import Recipe
@@ -41,22 +43,33 @@ class Counters:
     too_long: int = 0
     bad_records: int = 0
     missing_field: int = 0
+    long_lines: int = 0
+    """Lines dropped for being longer than data.cleaning.max_line_chars."""
+    binary_files: int = 0
+    """Text files left out because they are binary (see lit_lm.data.sources.sniff)."""
+    empty_files: int = 0
     per_source_in: dict[int, int] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    """A few of the files left out, by why ("binary", "empty"), to name in the warning."""
+
+    CARD = ("replaced_bytes", "bad_records", "long_lines", "binary_files", "empty_files")
+    """The counts of cleaned-away input that the data card shows (besides bytes, docs_in, too_short, too_long)."""
 
     def add(self, other: "Counters") -> None:
-        for name in ("bytes", "replaced_bytes", "docs_in", "too_short", "too_long", "bad_records", "missing_field"):
+        for name in ("bytes", "replaced_bytes", "docs_in", "too_short", "too_long", "bad_records", "missing_field",
+                     "long_lines"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for s, n in other.per_source_in.items():
             self.per_source_in[s] = self.per_source_in.get(s, 0) + n
 
 
-def _block_texts(kind: str, payload, text_field: str, counters: Counters) -> Iterator[str]:
+def _block_texts(kind: str, payload, text_field: str, counters: Counters, encoding: str = "utf-8") -> Iterator[str]:
     if kind in ("text", "text-part"):
-        decoded = decode(payload)
+        decoded = decode(payload, encoding)
         counters.replaced_bytes += decoded.replaced_bytes
         yield decoded.text
     elif kind == "jsonl":
-        decoded = decode(payload)
+        decoded = decode(payload, encoding)
         counters.replaced_bytes += decoded.replaced_bytes
         for line in decoded.text.split("\n"):
             if not line.strip():
@@ -71,7 +84,7 @@ def _block_texts(kind: str, payload, text_field: str, counters: Counters) -> Ite
                 yield normalise_line_ends(text)
             else:
                 counters.missing_field += 1
-    else:  # already-decoded records
+    elif kind == "records":  # already-decoded records ("skipped" files hold none)
         for text in payload:
             yield normalise_line_ends(text)
 
@@ -81,7 +94,9 @@ def clean_chunk(chunk: list[tuple[int, str, object]], text_fields: list[str], sp
     """Worker: raw blocks -> clean documents, their source ids, counters and dedup hashes."""
     counters, texts, sources = Counters(), [], []
     for source, kind, payload in chunk:
-        for text in _block_texts(kind, payload, text_fields[source], counters):
+        for text in _block_texts(kind, payload, text_fields[source], counters, cleaning.encoding):
+            text, dropped = drop_long_lines(text, cleaning.max_line_chars)
+            counters.long_lines += dropped
             for doc in split_documents(text, split):
                 counters.docs_in += 1
                 counters.per_source_in[source] = counters.per_source_in.get(source, 0) + 1
@@ -103,6 +118,11 @@ def _chunks(recipe: Recipe, progress: tqdm, counters: Counters) -> Iterator[list
                [(i, source.blocks(recipe.split)) for i, source in enumerate(recipe.sources)])
     for index, blocks in streams:
         for kind, payload in blocks:
+            if kind == "skipped":  # a binary or empty file, left out whole
+                why, path = payload
+                setattr(counters, f"{why}_files", getattr(counters, f"{why}_files") + 1)
+                counters.skipped.setdefault(why, []).append(path)
+                continue
             n = len(payload) if isinstance(payload, bytes) else sum(len(t) for t in payload)
             progress.update(n)
             counters.bytes += n
@@ -184,6 +204,40 @@ def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress
         bar.close()
         docs.close_writing()
         dedup.close()
+    if len(docs) == 0 and counters.binary_files:
+        raise CorpusError(f"data.paths: no text to train on: {counters.binary_files} file(s) are binary "
+                          f"({_some(counters.skipped['binary'])}) and were left out; point data.paths at text files "
+                          "(.txt .md .rst .jsonl .parquet, optionally .gz).")
+    for line in cleaning_warnings(counters, recipe.cleaning):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     return docs, counters, dedup.stats
+
+
+def _some(paths: list[str], n: int = 3) -> str:
+    return ", ".join(paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def cleaning_warnings(counters: Counters, cleaning: CleaningConfig) -> list[str]:
+    """One line per kind of input that was cleaned away, with its count, the setting behind it and the fix."""
+    lines = []
+    if counters.binary_files:
+        lines.append(f"data.paths: left out {counters.binary_files} binary file(s) ({_some(counters.skipped['binary'])}"
+                     "): a NUL byte near the start (an image, an archive, UTF-16 text); convert text to UTF-8, or "
+                     "leave such files out of data.paths.")
+    if counters.empty_files:
+        lines.append(f"data.paths: left out {counters.empty_files} empty file(s) ({_some(counters.skipped['empty'])}).")
+    if counters.replaced_bytes:
+        lines.append(f"data.cleaning.encoding: {counters.replaced_bytes} byte sequence(s) were not valid "
+                     f"{cleaning.encoding} and became U+FFFD (data card: replaced_bytes); if the files are in another "
+                     "encoding, set data.cleaning.encoding (e.g. latin-1 or cp1252) or convert them to UTF-8.")
+    if counters.long_lines:
+        lines.append(f"data.cleaning.max_line_chars: dropped {counters.long_lines} line(s) longer than "
+                     f"{cleaning.max_line_chars} characters (a minified file, a blob, a dump without line breaks; "
+                     "data card: long_lines); raise data.cleaning.max_line_chars, or null, to keep them.")
+    if counters.bad_records or counters.missing_field:
+        lines.append(f"data.paths: left out {counters.bad_records} JSONL line(s) that are not JSON and "
+                     f"{counters.missing_field} record(s) without the text field (data card: bad_records); "
+                     "check the files, or set text_field in data.sources.")
+    return lines
 
 

@@ -154,7 +154,7 @@ def build_store(recipe: Recipe, out: Path, num_proc: int = 1, progress: bool = T
         entry.update(docs_in=counters.per_source_in.get(i, 0), **per_source[i])
     card = {
         "files": sum(len(s.files) for s in recipe.sources) if recipe.sources else 0,
-        "bytes": counters.bytes, "replaced_bytes": counters.replaced_bytes, "bad_records": counters.bad_records,
+        "bytes": counters.bytes, **{name: getattr(counters, name) for name in counters.CARD},
         "docs_in": counters.docs_in, "too_short": counters.too_short, "too_long": counters.too_long,
         "exact_duplicates": stats.exact_duplicates, "near_duplicates": stats.near_duplicates,
         "duplicate_paragraphs": stats.duplicate_paragraphs, "duplicate_chars": stats.duplicate_chars,

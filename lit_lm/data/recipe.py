@@ -18,6 +18,7 @@ from lit_lm.data.pipeline import build_store
 from lit_lm.data.sources import CorpusError, Source, SourceConfig
 from lit_lm.data.text import CleaningConfig, DocumentSplit
 from lit_lm.data.tokenizer import TokenizerConfig
+from lit_lm.runs import disk_space_for
 
 STORE_VERSION = 2  # bump when the store layout, cleaning or packing changes, so caches rebuild
 
@@ -80,7 +81,7 @@ class Recipe:
             file = Path(self.tokenizer.path).expanduser()
             file = file / "tokenizer.json" if file.is_dir() else file
             tokenizer["content"] = file.stat().st_mtime_ns if file.is_file() else None
-        return {"version": STORE_VERSION, "corpus": corpus, "split": self.split, "cleaning": asdict(self.cleaning),
+        return {"version": STORE_VERSION, "corpus": corpus, "split": self.split, "cleaning": self.cleaning.identity(),
                 "dedup": asdict(self.dedup), "tokenizer": tokenizer, "seq_length": self.seq_length,
                 "val_fraction": self.val_fraction, "seed": self.seed, "cross_documents": self.cross_documents}
 
@@ -102,6 +103,7 @@ class Recipe:
             if (final / "card.json").is_file():
                 card, hit = json.loads((final / "card.json").read_text()), True
             else:
-                with atomic_directory(final) as tmp:
+                with disk_space_for("the data store", final.parent, "data.cache_dir (or $LIT_LM_CACHE)"), \
+                        atomic_directory(final) as tmp:
                     card, hit = build_store(self, tmp, num_proc, progress), False
         return final, {**card, "cache_hit": hit, "seconds": round(time.perf_counter() - start, 3), "store": str(final)}

@@ -24,8 +24,11 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 PARQUET_SUFFIXES = {".parquet"}
 BLOCK_BYTES = 4 << 20  # read large text files in slices of about this size
 
+SNIFF_BYTES = 8192  # a text file whose first this many bytes hold a NUL byte is binary (as git and grep decide)
+
 # A raw block: (kind, payload). kind "text": bytes of a whole text file; "text-part": bytes of a slice of one, cut at a
-# boundary the document split never crosses; "jsonl": bytes of whole JSON lines; "records": a list of str.
+# boundary the document split never crosses; "jsonl": bytes of whole JSON lines; "records": a list of str;
+# "skipped": [why, path] of a text file left out whole ("binary" or "empty"), for the data card and a warning.
 Block = tuple[str, bytes | list[str]]
 
 
@@ -184,7 +187,18 @@ def _blocks(path: Path, separators: tuple[bytes, ...], kind: str) -> Iterator[Bl
             yield kind, buffer
 
 
+def sniff(path: Path) -> str | None:
+    """Why a text file cannot be read as text: "empty", "binary" (a NUL byte near its start: an image, an archive,
+    a UTF-16 file), or None."""
+    with _open(path) as f:
+        head = f.read(SNIFF_BYTES)
+    return "empty" if not head else "binary" if b"\x00" in head else None
+
+
 def read_text_file(path: Path, split: str) -> Iterator[Block]:
+    if (why := sniff(path)) is not None:
+        yield "skipped", [why, str(path)]
+        return
     if split == "file":  # one document: read whole
         with _open(path) as f:
             yield "text", f.read()

@@ -1,9 +1,10 @@
 """Cleaning: raw bytes or strings -> normalised text -> documents."""
 
+import codecs
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -27,6 +28,13 @@ class CleaningConfig:
     """Drop documents shorter than this many characters."""
     max_chars: int | None = None
     """Drop documents longer than this many characters; None keeps all."""
+    max_line_chars: int | None = 1_000_000
+    """Drop any line longer than this many characters before splitting into documents (a minified file, a base64
+    blob, a dump without line breaks: one 20 MB line would otherwise be hashed and tokenized as one sequence); each
+    is counted as ``long_lines`` in the data card. None keeps every line."""
+    encoding: str = "utf-8"
+    """How text and JSONL files are decoded. utf-8: undecodable bytes become U+FFFD and are counted
+    (``replaced_bytes``); set the corpus's own codec (latin-1, cp1252, ...) for files written in another encoding."""
     max_tokens_per_char: float | None = None
     """Drop documents whose tokens-per-character ratio is above this (cramming's junk filter, Geiping & Goldstein 2022;
     ~0.25 suits English with a 32k WordPiece vocabulary); None keeps all."""
@@ -36,8 +44,25 @@ class CleaningConfig:
             raise ValueError(f"data.cleaning.unicode_normalization must be NFC, NFKC or null, got {self.unicode_normalization!r}.")
         if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(1, self.min_chars)):
             raise ValueError("data.cleaning.min_chars must be >= 0 and data.cleaning.max_chars >= min_chars (or null).")
+        if self.max_line_chars is not None and self.max_line_chars < 1:
+            raise ValueError(f"data.cleaning.max_line_chars must be >= 1 or null, got {self.max_line_chars}.")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"data.cleaning.encoding: {self.encoding!r} is not a codec Python knows; use utf-8, "
+                             "latin-1, cp1252 or another name from Python's codecs list.") from None
         if self.max_tokens_per_char is not None and self.max_tokens_per_char <= 0:
             raise ValueError(f"data.cleaning.max_tokens_per_char must be > 0 or null, got {self.max_tokens_per_char}.")
+
+
+    def identity(self) -> dict:
+        """These settings as a store's cache key takes them: the fields added since stores were first cached are left
+        out while at their defaults, so that those stores keep their keys."""
+        values = asdict(self)
+        for name, default in (("max_line_chars", 1_000_000), ("encoding", "utf-8")):
+            if values[name] == default:
+                del values[name]
+        return values
 
 
 @dataclass
@@ -47,10 +72,11 @@ class DecodedText:
     """How many undecodable byte sequences were replaced by U+FFFD."""
 
 
-def decode(raw: bytes) -> DecodedText:
-    """UTF-8 decode that never fails: undecodable bytes become U+FFFD and are counted; BOMs and CR line ends go."""
-    before = raw.count(REPLACEMENT_CHAR.encode())
-    text = raw.decode("utf-8", errors="replace")
+def decode(raw: bytes, encoding: str = "utf-8") -> DecodedText:
+    """A decode that never fails (UTF-8 unless told): undecodable bytes become U+FFFD and are counted; BOMs and CR
+    line ends go."""
+    before = raw.count(REPLACEMENT_CHAR.encode()) if encoding.replace("-", "").lower() == "utf8" else 0
+    text = raw.decode(encoding, errors="replace")
     replaced = text.count(REPLACEMENT_CHAR) - before
     return DecodedText(text=normalise_line_ends(text), replaced_bytes=replaced)
 
@@ -58,6 +84,15 @@ def decode(raw: bytes) -> DecodedText:
 def normalise_line_ends(text: str) -> str:
     """Drop byte-order marks and turn CRLF and lone CR line ends into LF."""
     return _LINE_ENDS.sub("\n", text.replace("\ufeff", "")) if ("\r" in text or "\ufeff" in text) else text
+
+
+def drop_long_lines(text: str, limit: int | None) -> tuple[str, int]:
+    """``text`` without its lines longer than ``limit`` characters, and how many were dropped."""
+    if limit is None or len(text) <= limit:
+        return text, 0
+    lines = text.split("\n")
+    kept = [line for line in lines if len(line) <= limit]
+    return ("\n".join(kept), len(lines) - len(kept)) if len(kept) < len(lines) else (text, 0)
 
 
 def normalise(text: str, config: CleaningConfig) -> str:

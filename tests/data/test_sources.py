@@ -135,3 +135,12 @@ def test_length_filters_are_counted(tmp_path):
                                CleaningConfig(min_chars=10, max_chars=100))
     assert docs == ["a fine paragraph of text"]
     assert (counters.docs_in, counters.too_short, counters.too_long) == (3, 1, 1)
+
+
+def test_binary_and_empty_text_files_are_left_out_whole_and_said_so(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "b.txt").write_bytes(b"")
+    (tmp_path / "c.txt").write_text("text\n")
+    blocks = list(Source.resolve(SourceConfig(paths=[str(tmp_path)])).blocks("line"))
+    assert blocks == [("skipped", ["binary", str((tmp_path / "a.txt").resolve())]),
+                      ("skipped", ["empty", str((tmp_path / "b.txt").resolve())]), ("text-part", b"text\n")]

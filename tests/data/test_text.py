@@ -1,6 +1,7 @@
 import pytest
 
-from lit_lm.data.text import CleaningConfig, decode, normalise, split_documents, split_paragraphs
+from lit_lm.data.text import (CleaningConfig, DecodedText, decode, drop_long_lines, normalise, split_documents,
+                              split_paragraphs)
 
 
 def test_undecodable_bytes_are_replaced_and_counted():
@@ -53,3 +54,17 @@ def test_bad_cleaning_settings_name_the_setting():
         CleaningConfig(min_chars=10, max_chars=5)
     with pytest.raises(ValueError, match="max_tokens_per_char"):
         CleaningConfig(max_tokens_per_char=0)
+
+
+def test_lines_longer_than_the_limit_are_dropped_and_counted():
+    assert drop_long_lines("a\n" + "x" * 11 + "\nb", 10) == ("a\nb", 1)
+    assert drop_long_lines("a\n" + "x" * 10, 10) == ("a\n" + "x" * 10, 0)
+    assert drop_long_lines("x" * 11, None) == ("x" * 11, 0)
+
+
+def test_a_named_encoding_reads_what_utf_8_would_replace():
+    raw = "café".encode("latin-1")
+    assert decode(raw).replaced_bytes == 1
+    assert decode(raw, "latin-1") == DecodedText("café", 0)
+    with pytest.raises(ValueError, match="data.cleaning.encoding: 'klingon' is not a codec"):
+        CleaningConfig(encoding="klingon")
