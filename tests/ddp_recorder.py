@@ -28,7 +28,8 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 class RowRecorder(Callback):
     """Writes ``<folder>/rank<N>.json`` at the end of training: ``steps`` (one entry per micro-batch: the global step
-    it belongs to, its rows' hashes and its loss), ``weights`` and ``card``.
+    it belongs to, its rows' hashes and its loss), ``weights``, ``card`` and ``random_state`` (a hash of the
+    random state the first [MASK] positions are drawn from).
 
     Args:
         folder: Where to write.
@@ -38,6 +39,10 @@ class RowRecorder(Callback):
         self.folder = Path(folder)
         self.steps: list[dict] = []
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:  # the random state the first masks are drawn from
+            self.random_state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.steps.append({"step": trainer.global_step, "rows": [row_hash(r) for r in batch["input_ids"].cpu()],
@@ -46,6 +51,6 @@ class RowRecorder(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
-            "world_size": trainer.world_size, "steps": self.steps, "weights": weights_hash(pl_module),
+            "world_size": trainer.world_size, "steps": self.steps, "random_state": self.random_state, "weights": weights_hash(pl_module),
             "card": trainer.datamodule.card, "store": str(trainer.datamodule.store_dir),
         }))

@@ -119,6 +119,13 @@ def test_the_store_is_built_once_across_ranks(runs):
 
 
 @pytest.mark.slow
+def test_each_rank_draws_its_own_masks(runs):
+    """Every rank is seeded alike; without a stream of its own each would mask the same positions of its rows."""
+    ranks = runs["ranks"]
+    assert ranks[0]["random_state"] != ranks[1]["random_state"]
+
+
+@pytest.mark.slow
 def test_ranks_end_with_the_same_weights_and_the_loss_curve_matches_one_process(runs):
     ranks, single = runs["ranks"], runs["single"]["steps"]
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged across ranks at every step
