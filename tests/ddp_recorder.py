@@ -2,7 +2,8 @@
 each rank writes what it trained on to ``<folder>/rank<N>.json``.
 
 Recorded per optimizer step: the hash of each row's input ids (before masking), in batch order, and the micro-batch
-loss; at the end: a hash of the final weights, and the data card (whether this rank built the store or reused it).
+loss; the random state of the first masks; at the end: a hash of the final weights, and the data card (whether this
+rank built the store or reused it).
 """
 
 import hashlib
@@ -51,6 +52,6 @@ class RowRecorder(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
-            "world_size": trainer.world_size, "steps": self.steps, "random_state": self.random_state, "weights": weights_hash(pl_module),
-            "card": trainer.datamodule.card, "store": str(trainer.datamodule.store_dir),
+            "world_size": trainer.world_size, "steps": self.steps, "random_state": self.random_state,
+            "weights": weights_hash(pl_module), "card": trainer.datamodule.card, "store": str(trainer.datamodule.store_dir),
         }))
