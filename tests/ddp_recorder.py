@@ -53,5 +53,6 @@ class RowRecorder(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
             "world_size": trainer.world_size, "steps": self.steps, "random_state": self.random_state,
-            "weights": weights_hash(pl_module), "card": trainer.datamodule.card, "store": str(trainer.datamodule.store_dir),
+            "weights": weights_hash(pl_module), "card": trainer.datamodule.card,
+            "store": str(trainer.datamodule.store_dir),
         }))
