@@ -1,9 +1,9 @@
 """A callback the DDP tests add to a real ``train.py`` run (``--trainer.callbacks+=tests.ddp_recorder.RowRecorder``):
 each rank writes what it trained on to ``<folder>/rank<N>.json``.
 
-Recorded per optimizer step: the hash of each row's input ids (before masking), in batch order, and the micro-batch
-loss; the random state of the first masks; at the end: a hash of the final weights, and the data card (whether this
-rank built the store or reused it).
+Recorded per micro-batch: the hash of each row's input ids (before masking), in batch order, the micro-batch's loss
+and the accumulation factor in force; the random state the first masks are drawn from; at the end: a hash of the
+final weights, and the data card (whether this rank built the store or reused it).
 """
 
 import hashlib
@@ -29,8 +29,8 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 class RowRecorder(Callback):
     """Writes ``<folder>/rank<N>.json`` at the end of training: ``steps`` (one entry per micro-batch: the global step
-    it belongs to, its rows' hashes and its loss), ``weights``, ``card`` and ``random_state`` (a hash of the
-    random state the first [MASK] positions are drawn from).
+    it belongs to, its rows' hashes, its loss and the accumulation factor), ``weights``, ``card`` and
+    ``random_state`` (a hash of the random state the first [MASK] positions are drawn from).
 
     Args:
         folder: Where to write.
@@ -45,9 +45,9 @@ class RowRecorder(Callback):
             self.random_state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = trainer.callback_metrics["train/loss"]  # as logged: not divided by the accumulation, as outputs are
         self.steps.append({"step": trainer.global_step, "rows": [row_hash(r) for r in batch["input_ids"].cpu()],
-                           "loss": float(loss)})
+                           "loss": float(loss), "accumulation": trainer.accumulate_grad_batches})
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """DDP through the real product: ``python train.py fit --config configs/quickstart.yaml --config
 configs/trainer/ddp.yaml --trainer.accelerator cpu --trainer.devices 2`` (gloo), at tiny shapes for one whole
-epoch, against a single-process run of the same global batch (data.batch_size 8 on one device = 4 on each of two).
+epoch, against a single-process run of the same global batch (data.batch_size 8 on one device = 4 on each of two),
+both with the crammed recipes' batch ramp.
 
 What it shows: each row of the epoch is trained exactly once across the two ranks, and each rank reads its own half
 of every global batch of the real store; the store is built once (one rank builds under the cache lock, the other
@@ -26,9 +27,9 @@ PER_DEVICE, DEVICES = 4, 2
 GLOBAL_BATCH = PER_DEVICE * DEVICES
 # The two runs train the same rows in the same global batches from the same weights; their losses differ only by
 # the [MASK] draws (each rank draws masks for its 4 rows, the single process for all 8) and by DDP averaging two
-# 4-row means where the single process takes one 8-row mean. Measured: per step up to 0.09 nats apart, 0.03 apart on
-# the mean over the epoch's second half, while the loss falls by about 0.5 over the epoch. 0.1 on that mean is 3x
-# the measured gap and a fifth of the fall. It is a check that DDP learns as one process does, not an exact one;
+# 4-row means where the single process takes one 8-row mean. Measured: per micro-batch up to 0.07 nats apart, 0.03
+# apart on the mean over the epoch's second half, while the loss falls by about 0.45 over the epoch. 0.1 on that
+# mean is 3x the measured gap and under a quarter of the fall. It is a check that DDP learns as one process does, not an exact one;
 # the exact checks are the rows (each step's global batch is the single process's batch) and the weights (both
 # ranks end with the same weights: gradients were averaged).
 LOSS_TOLERANCE = 0.1
@@ -48,6 +49,9 @@ def arguments(corpus: Path, cache: Path, out: Path, batch_size: int, *configs: s
             "--trainer.logger", "lit_lm.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(out),
             # the learning rate follows the epoch's steps, not the wall clock, so both runs get the same rates
             "--trainer.callbacks.OneCycleLR.key=steps",
+            # crammed-bert's batch ramp, to 16 sequences across devices over the first half of the epoch
+            "--trainer.callbacks+=lit_lm.callbacks.BatchSizeRamp", "--trainer.callbacks.init_args.target_batch_size=16",
+            "--trainer.callbacks.init_args.ramp_fraction=0.5", "--trainer.callbacks.init_args.key=steps",
             "--trainer.callbacks+=tests.ddp_recorder.RowRecorder", "--trainer.callbacks.init_args.folder", str(out)]
 
 
@@ -100,12 +104,15 @@ def test_each_row_of_the_epoch_is_trained_exactly_once_across_ranks(runs):
 @pytest.mark.slow
 def test_each_rank_reads_its_own_half_of_every_global_batch(runs):
     """The datamodule's rank wiring: rank r trains rows [r*B, (r+1)*B) of each global batch, in the single-process
-    run's order (the same seeded permutation of the store)."""
+    run's order (the same seeded permutation of the store), in the same optimizer steps: the batch ramp, whose target
+    counts sequences across devices, accumulates as many micro-batches per step on two ranks as on one process."""
     single = runs["single"]["steps"]
+    assert [s["accumulation"] for s in single][-1] == 2  # the ramp reached 16 = 2 micro-batches of 8
     for r, record in enumerate(runs["ranks"]):
         assert len(record["steps"]) == len(single)
         for own, reference in zip(record["steps"], single):
             assert own["rows"] == reference["rows"][r * PER_DEVICE:(r + 1) * PER_DEVICE]
+            assert (own["step"], own["accumulation"]) == (reference["step"], reference["accumulation"])
 
 
 @pytest.mark.slow
