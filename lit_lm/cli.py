@@ -2,6 +2,7 @@
 build on shared base files, and loggers in the run folder (wandb offline without credentials)."""
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -32,7 +33,7 @@ from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.loggers import (RunDashboard, before_wandb_starts, finish_wandb_run, is_wandb, place_in_run_folder,
                             stored_wandb_run_id)
-from lit_lm.precision import AUTO, auto_precision, precision_plugin
+from lit_lm.precision import AUTO, auto_precision, precision_plugin, setting_name
 from lit_lm.pretrained import PretrainedSourceError
 from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
 from lit_lm.runs import (DISK_FULL, DiskFullError, ResumeError, check_resume, disk_space_for, find_last_checkpoint,
@@ -266,6 +267,10 @@ class LitLMCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_max_time(config.trainer.get("max_time"))
+        if "deepspeed" in setting_name(config.trainer.strategy) and importlib.util.find_spec("deepspeed") is None:
+            raise RecipeError("trainer.strategy is DeepSpeed, an optional dependency that is not installed: "
+                              "pip install deepspeed (it builds against CUDA), or use configs/trainer/ddp.yaml or "
+                              "configs/trainer/fsdp.yaml.")
         if config.trainer.precision == AUTO:  # resolved here, so the saved config records what actually ran
             config.trainer.precision = resolve_auto_precision(config.trainer.accelerator, probe_shape(config))
         loggers = config.trainer.logger

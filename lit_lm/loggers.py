@@ -110,8 +110,13 @@ class RunDashboard(Callback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero:
-            for line in run_lines(trainer):
+        if stage != "fit":
+            return
+        # Trainer.log_dir broadcasts rank 0's folder under DDP: a collective, so every rank asks (asked on rank 0
+        # alone, it pairs with the next broadcast of the other ranks, and the run hangs)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            for line in run_lines(trainer, folder):
                 rank_zero_info(line)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -131,9 +136,9 @@ class RunDashboard(Callback):
             checkpoint[CHECKPOINT_KEY] = ids[0]
 
 
-def run_lines(trainer: L.Trainer) -> list[str]:
-    """``run: <folder> (what it holds)`` and ``dashboard: ...``: where a run's files and its wandb run are."""
-    folder = Path(trainer.log_dir or trainer.default_root_dir)
+def run_lines(trainer: L.Trainer, folder: Path) -> list[str]:
+    """``run: <folder> (what it holds)`` and ``dashboard: ...``: where a run's files (``folder``, the trainer's
+    log_dir) and its wandb run are."""
     first = trainer.loggers[0] if trainer.loggers else None
     holds = []
     if any(type(cb).__name__ == "SaveRunConfig" for cb in trainer.callbacks) and not isinstance(first, WandbLogger):

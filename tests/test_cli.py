@@ -16,9 +16,10 @@ from lit_lm.recipe_bases import RecipeError, with_base_configs
 from tests.conftest import ROOT, InterruptAt
 
 # configs/base/ holds what recipes build on, not recipes; configs/finetune/ holds fine-tuning tasks
-# (tests/glue), configs/ablations/ lists of variants (tests/test_ablation_files.py)
+# (tests/glue), configs/ablations/ lists of variants (tests/test_ablation_files.py), configs/trainer/ strategies
+# composed with a recipe (tests/test_trainer_configs.py)
 RECIPES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
-                 if p.parent.name not in ("base", "finetune", "ablations"))
+                 if p.parent.name not in ("base", "finetune", "ablations", "trainer"))
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY_MODEL = [
     "--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",

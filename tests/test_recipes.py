@@ -20,9 +20,10 @@ from tests.conftest import ROOT, InterruptAt, write_corpus
 
 CONFIGS = ROOT / "configs"
 # configs/base/ holds what recipes build on, not recipes; configs/finetune/ holds fine-tuning tasks
-# (tests/glue), configs/ablations/ lists of variants (tests/test_ablation_files.py)
+# (tests/glue), configs/ablations/ lists of variants (tests/test_ablation_files.py), configs/trainer/ strategies
+# composed with a recipe (tests/test_trainer_configs.py)
 RECIPES = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
-                 if p.parent.name not in ("base", "finetune", "ablations"))
+                 if p.parent.name not in ("base", "finetune", "ablations", "trainer"))
 PRECISIONS = ["32-true", "bf16-mixed", "16-mixed"]
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
         "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",

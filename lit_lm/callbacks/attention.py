@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lit_lm.callbacks.sharding import refuse_sharded_weights
 from lit_lm.diagnostics.attention import column_scores, figure_png, plot_attention, probe_attention
 
 DEFAULT_PROBE = ("The interpreter reads the file, compiles it to bytecode and runs it. "
@@ -48,6 +49,9 @@ class AttentionDiagnostics(Callback):
         self.threshold = threshold
         self._last_step = -1
         self._warned = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        refuse_sharded_weights(trainer, "AttentionDiagnostics")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "tokenizer", None) is None:

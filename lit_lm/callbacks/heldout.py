@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import RunningStage
 
 from lit_lm.callbacks.progress import budget_timer, training_progress
+from lit_lm.callbacks.sharding import refuse_sharded_weights
 from lit_lm.callbacks.throughput import ThroughputMFU
 from lit_lm.heldout import HeldOutSet
 
@@ -37,6 +38,7 @@ class HeldOutLoss(Callback):
         self.last_scored_step: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        refuse_sharded_weights(trainer, "HeldOutLoss")
         self.heldout = HeldOutSet.load(self.path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:

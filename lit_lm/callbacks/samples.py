@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lit_lm.callbacks.sharding import refuse_sharded_weights
 from lit_lm.generate import generate_text
 
 
@@ -39,6 +40,9 @@ class TextSamples(Callback):
         self.seed = seed
         self.rows: list[list] = []  # every sample so far: [step, prompt, text]
         self._last_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        refuse_sharded_weights(trainer, "TextSamples")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.plugins.precision import MixedPrecision as LightningMixedPrecision
@@ -90,6 +91,14 @@ class PretrainingModule(L.LightningModule):
         # (recorded only when not AdamW, so checkpoints from before the switch existed resume as they did)
         chosen = {} if name == "adamw" else {"optimizer": {"name": name}}
         return {**settings, **chosen, "config": asdict(self.config)}
+
+    def on_train_start(self) -> None:
+        """Under DDP every rank was seeded alike (seed_everything), so each would draw the same [MASK] positions and
+        dropout for its own rows: ranks after the first continue on a stream of their own, derived from the seed and
+        the rank (rank 0, and a single process, keep theirs)."""
+        rank = self.trainer.global_rank
+        if rank > 0:
+            torch.manual_seed(int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run settings (for resume checks) and the run's tokenizer, so generation, evaluation and
