@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_lm.runs import ResumeError
@@ -19,9 +20,19 @@ class ModelCheckpoint(LightningModelCheckpoint):
     ``every_n_train_steps - 1`` optimizer steps). This writes the final state instead, so ``last.ckpt`` is what the
     run trained, for evaluation, export and ``--ckpt_path last``.
 
+    Checkpoints are written atomically (``lit_lm.checkpoint.AtomicCheckpointIO``, installed here when the strategy
+    uses Lightning's plain ``TorchCheckpointIO``): a run killed while saving keeps its previous checkpoint whole.
+
     Leave ``dirpath`` unset to checkpoint into the run's own logger folder (``.../version_N/checkpoints``). A fixed
     ``dirpath`` that already holds checkpoints is refused unless the run resumes from a checkpoint.
     """
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        from lit_lm.checkpoint import AtomicCheckpointIO  # here: lit_lm.checkpoint imports the models
+
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not DeepSpeed's, FSDP's or a user's own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        super().setup(trainer, pl_module, stage)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_fit_start(trainer, pl_module)
