@@ -115,22 +115,22 @@ def test_killed_mid_step_in_validation_and_mid_checkpoint_a_resumed_run_is_the_u
     epoch = Counter(row for batch in ref_rows for row in batch)
     assert max(epoch.values()) == 1 and len(ref_rows) >= 12
 
-    # 15 micro-batches, 12 optimizer steps (8 rows each up to step 8, then 16); one validation batch
-    kills = [("step", 5),          # inside micro-batch 4 (step 4), a checkpoint after step 4 on disk
-             ("validation", 2),    # resumed at step 4 (no sanity check), inside the second validation (after step 10)
-             ("checkpoint", 2)]    # resumed at step 10: last.ckpt of step 12, half its bytes on disk
+    # 15 micro-batches, 12 optimizer steps (8 rows each up to step 8, then 16); one validation batch; a resumed run
+    # writes into a version folder of its own and runs no sanity check
+    kills = [("checkpoint", 4, 2),  # saves after step 2 (epoch=0-step=2, last), after step 4: last.ckpt half written
+             ("validation", 2, 8),  # resumed at step 2: inside the validation after step 8 (last.ckpt of step 8 saved)
+             ("step", 3, 8)]        # resumed at step 8: inside the second micro-batch of a 2-batch window
     segments, resumed_from = [], []
-    for i, (point, n) in enumerate(kills):
-        before = {p: p.read_bytes() for p in (cwd / RUN).rglob("*.ckpt")} if i else {}
+    for i, (point, n, resumable_step) in enumerate(kills):
+        before = {p: p.read_bytes() for p in (cwd / RUN).rglob("*.ckpt")}
         train(cwd, cache, point, n, *(["--ckpt_path", "last"] if i else []))
         last = find_last_checkpoint([cwd / RUN])
         assert last is not None, f"killed at {point}: no last*.ckpt to resume"
-        Checkpoint.read(last)  # whole and readable: never the half-written one
-        for path, content in before.items():  # a kill while saving leaves every earlier checkpoint as it was
-            if path.exists() and path.name != last.name and not path.name.startswith("epoch="):
-                assert path.read_bytes() == content, f"{path} changed by a killed save"
-        if point == "checkpoint":  # the half-written file exists, hidden, and `last` did not pick it
-            assert [p for p in (cwd / RUN).rglob(".*.ckpt")], "the kill came before the checkpoint's bytes"
+        assert Checkpoint.read(last).contents["global_step"] == resumable_step, point  # whole, and the newest whole
+        for path, content in before.items():  # a killed run never touches an earlier run's checkpoints
+            assert path.read_bytes() == content, f"{path} changed by a killed run"
+        if point == "checkpoint":  # the half-written last.ckpt exists, hidden; the previous last.ckpt is whole
+            assert list((cwd / RUN).rglob(".last.ckpt.*.ckpt")), "the kill came before the checkpoint's bytes"
         segments.append(recorded(cwd / f"rows-{i}.txt"))
         resumed_from.append((last, data_state(last)["batches"], timer_elapsed(last)))
     train(cwd, cache, "none", 0, "--ckpt_path", "last")

@@ -43,6 +43,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
                 "the ModelCheckpoint's dirpath unset so that every run checkpoints into its own version folder.")
         rank_zero_info(f"checkpoints: {folder}")
 
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs, batch,
+                           batch_idx: int) -> None:
+        # Never inside an accumulation window: such a checkpoint holds none of the window's gradients but counts its
+        # micro-batches as trained, so a resume from it skips their rows. Lightning saves there when a resumed run
+        # starts on a multiple of every_n_train_steps with a factor above 1 (its last saved step is not restored).
+        should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
+        if should_accumulate is not None and should_accumulate():
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
