@@ -5,6 +5,8 @@ import hashlib
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from lit_lm.data.cache import build_lock
 from tests.conftest import write_corpus
 
@@ -22,6 +24,7 @@ def build(corpus: str, cache: str, barrier, results) -> None:
     results.put((str(store), card["cache_hit"], digest))
 
 
+@pytest.mark.slow
 def test_processes_racing_to_build_one_store_build_it_once_and_all_read_it(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_files=2, paragraphs=8)
     context = multiprocessing.get_context("spawn")  # fresh processes, as DDP ranks are

@@ -78,6 +78,7 @@ def test_resuming_from_a_checkpoint_saved_after_a_step_skips_exactly_the_trained
     assert resumed == reference[4 * 8 :]
 
 
+@pytest.mark.slow
 def test_a_resume_under_the_batch_ramp_with_workers_trains_each_row_once(corpus, tmp_path, monkeypatch):
     """Ctrl-C while the batch ramps up (2 DataLoader workers), then ``--ckpt_path last``: the rows trained before and
     after add up to an uninterrupted run's, row for row, though the accumulation window grows after the resume."""
