@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import torch
 from tokenizers import Tokenizer
 
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
 from lit_lm.data.tokenizer import load_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerConfig
 from lit_lm.runs import find_last_checkpoint
@@ -132,19 +134,45 @@ def load_causal_lm(path: str | Path, tokenizer: str | Path | None = None) -> tup
     return model, loaded
 
 
-def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+def write_file_atomically(path: str | Path, write: Callable[[Path], None], durable: bool = False) -> Path:
     """``write(tmp)`` fills a temporary file beside ``path`` (same suffix, so writers that read it see the format),
-    which is then renamed into place: a reader never sees half a file, and an interrupted write leaves none."""
+    which is then renamed into place: a reader never sees half a file, and an interrupted write leaves none.
+    ``durable`` also flushes the file to disk before the rename, so that a power cut cannot leave an empty one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a new file's usual permissions, not mkstemp's owner-only ones
+        if durable:
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with the file written beside its final path and renamed into place.
+
+    Lightning's own writes a local checkpoint to a temporary file in the system's temporary folder and then moves it;
+    when that folder is another file system (a tmpfs ``/tmp``, a container's scratch disk), the move is a copy into
+    ``last.ckpt`` itself, so a run killed during it leaves a truncated ``last.ckpt`` in place of the previous one,
+    and every killed save leaves a checkpoint-sized file behind in ``/tmp``. Here a killed save leaves the previous
+    checkpoint whole and at most a hidden ``.last.ckpt.*.ckpt`` file beside it, which ``last*.ckpt`` never matches.
+    Remote paths (``s3://`` ...) go to Lightning's writer, whose object-storage upload is atomic already.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options (a local file).")
+        write_file_atomically(str(path).removeprefix("file://"), lambda tmp: torch.save(checkpoint, tmp), durable=True)
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:

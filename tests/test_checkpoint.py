@@ -129,3 +129,53 @@ def test_write_atomically_refuses_a_full_folder_and_leaves_nothing_half_written(
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, fail, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (target / "a.txt").exists()
+
+
+class ExplodesWhenSaved:
+    """Pickles into an error, after the checkpoint's other entries were written: a crash in the middle of a save."""
+
+    def __reduce__(self):
+        raise OSError("the disk went away")
+
+
+def test_a_save_that_crashes_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+    from lit_lm.checkpoint import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.arange(1000.0)}, "global_step": 4}, path)
+    before = path.read_bytes()
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())  # not mkstemp's owner-only mode
+    with pytest.raises(OSError, match="disk went away"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}, "global_step": 6, "x": ExplodesWhenSaved()},
+                           path)
+    assert path.read_bytes() == before and torch.load(path)["global_step"] == 4
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no half-written file left behind
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_ckpt_path_last_resumes_the_newest_of_several_last_checkpoints(tmp_path):
+    """``--ckpt_path last`` (Trainer.last_checkpoint) and a run folder given to the readers both take the newest
+    ``last*.ckpt`` by time, whatever their names and version folders; a hidden half-written one never."""
+    from lit_lm.checkpoint import checkpoint_file
+    from lit_lm.cli import Trainer
+
+    logs = tmp_path / "runs" / "logs"
+    names = ["version_0/checkpoints/last.ckpt", "version_1/checkpoints/last-v1.ckpt",
+             "version_1/checkpoints/last.ckpt", "version_2/checkpoints/epoch=0-step=9.ckpt",
+             "version_2/checkpoints/.last.ckpt.abc123.ckpt"]
+    for age, name in zip([50, 10, 30, 0, 0], names):  # seconds ago: version_1's last-v1.ckpt is the newest last*
+        (logs / name).parent.mkdir(parents=True, exist_ok=True)
+        (logs / name).write_bytes(b"x")
+        os.utime(logs / name, (1e9 - age, 1e9 - age))
+    trainer = Trainer(default_root_dir=tmp_path / "runs", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.run_folders = lambda: [logs]  # the recipe's CSV logger folder
+    assert trainer.last_checkpoint() == logs / names[1]
+    assert checkpoint_file(logs) == logs / names[1]
+    os.utime(logs / names[0], (1e9 + 1, 1e9 + 1))  # the oldest version written again later: now it is the newest
+    assert trainer.last_checkpoint() == logs / names[0]

@@ -88,7 +88,9 @@ def test_wikitext_2_test_split(tokenizer):
     result = perplexity(uniform_model(tokenizer.get_vocab_size()), tokenizer, text, context_length=64, stride=32,
                         batch_size=16)
     assert result.tokens > 5000 and result.token_perplexity == pytest.approx(tokenizer.get_vocab_size(), rel=1e-4)
-    assert 0 < result.bits_per_byte < 8 * math.log2(tokenizer.get_vocab_size())
+    # a uniform model spends log2(vocab) bits on every token: bits per byte is that over the bytes per token
+    assert result.bits_per_byte == pytest.approx(result.tokens * math.log2(tokenizer.get_vocab_size()) / result.bytes,
+                                                 rel=1e-4)
 
 
 def test_bad_settings_are_clear_errors(tokenizer, tmp_path):

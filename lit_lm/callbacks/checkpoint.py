@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_lm.runs import ResumeError
@@ -19,9 +20,19 @@ class ModelCheckpoint(LightningModelCheckpoint):
     ``every_n_train_steps - 1`` optimizer steps). This writes the final state instead, so ``last.ckpt`` is what the
     run trained, for evaluation, export and ``--ckpt_path last``.
 
+    Checkpoints are written atomically (``lit_lm.checkpoint.AtomicCheckpointIO``, installed here when the strategy
+    uses Lightning's plain ``TorchCheckpointIO``): a run killed while saving keeps its previous checkpoint whole.
+
     Leave ``dirpath`` unset to checkpoint into the run's own logger folder (``.../version_N/checkpoints``). A fixed
     ``dirpath`` that already holds checkpoints is refused unless the run resumes from a checkpoint.
     """
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        from lit_lm.checkpoint import AtomicCheckpointIO  # here: lit_lm.checkpoint imports the models
+
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not DeepSpeed's, FSDP's or a user's own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        super().setup(trainer, pl_module, stage)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_fit_start(trainer, pl_module)
@@ -31,6 +42,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
                 f"{folder} already holds another run's checkpoints. Resume that run with --ckpt_path last, or leave "
                 "the ModelCheckpoint's dirpath unset so that every run checkpoints into its own version folder.")
         rank_zero_info(f"checkpoints: {folder}")
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs, batch,
+                           batch_idx: int) -> None:
+        # Never inside an accumulation window: such a checkpoint holds none of the window's gradients but counts its
+        # micro-batches as trained, so a resume from it skips their rows. Lightning saves there when a resumed run
+        # starts on a multiple of every_n_train_steps with a factor above 1 (its last saved step is not restored).
+        should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
+        if should_accumulate is not None and should_accumulate():
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_end(trainer, pl_module)

@@ -23,9 +23,12 @@ def cache_key(settings: dict) -> str:
 
 @contextmanager
 def build_lock(final: Path) -> Iterator[None]:
-    """Serialise builds of one cache entry across processes (DDP ranks, parallel runs)."""
+    """Serialise builds of one cache entry across processes (DDP ranks, parallel runs). The lock dies with its
+    holder, so a build killed midway leaves only its temporary folder, removed here by the next holder."""
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):  # no one else builds this entry: we hold its lock
+            shutil.rmtree(stale, ignore_errors=True)
         yield
 
 

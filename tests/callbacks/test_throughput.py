@@ -1,7 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from lit_lm.callbacks import BatchSizeRamp, ThroughputMFU
+from lit_lm.callbacks import BatchSizeRamp, ThroughputMFU, throughput
 from lit_lm.callbacks.throughput import compute_dtype, count_tokens, measure_matmul_flops
 from tests.callbacks.helpers import LinearOnTokens, quiet_trainer
 
@@ -82,8 +84,14 @@ def test_tokens_are_the_attention_mask_or_every_id():
     assert int(count_tokens({"input_ids": torch.ones(2, 4)})) == 8
 
 
-def test_cpu_peak_is_measured_and_dtypes_follow_the_precision():
+def test_cpu_peak_is_measured_and_dtypes_follow_the_precision(monkeypatch):
     assert measure_matmul_flops(torch.device("cpu"), size=256, repeats=2) > 1e8
+    # the peak is 2 n^3 FLOPs over the fastest multiply: with a clock whose multiplies take 4, 2, 1 and 3 seconds
+    # (the first a warm-up), a 256 x 256 matmul's peak is 2 * 256^3 / 1
+    ticks = iter([0.0, 4.0, 10.0, 12.0, 20.0, 21.0, 30.0, 33.0])
+    monkeypatch.setattr(throughput, "matmul_size", lambda *args: 256)
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert measure_matmul_flops(torch.device("cpu"), size=256, repeats=3) == 2 * 256**3
     assert compute_dtype("bf16-mixed") == torch.bfloat16 and compute_dtype("16-mixed") == torch.float16
     assert compute_dtype("32-true") == torch.float32
 

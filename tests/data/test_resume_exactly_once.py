@@ -76,3 +76,29 @@ def test_resuming_from_a_checkpoint_saved_after_a_step_skips_exactly_the_trained
     step4 = tmp_path / "runs" / "quickstart" / "logs" / "version_0" / "checkpoints" / "epoch=0-step=4.ckpt"
     resumed = fit([*data, "--trainer.max_steps", "10"], ckpt_path=str(step4)).rows
     assert resumed == reference[4 * 8 :]
+
+
+@pytest.mark.slow
+def test_a_resume_under_the_batch_ramp_with_workers_trains_each_row_once(corpus, tmp_path, monkeypatch):
+    """Ctrl-C while the batch ramps up (2 DataLoader workers), then ``--ckpt_path last``: the rows trained before and
+    after add up to an uninterrupted run's, row for row, though the accumulation window grows after the resume."""
+    import torch
+
+    data = ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph",
+            "--data.init_args.num_workers", "2", "--trainer.max_steps", "8", "--trainer.callbacks.OneCycleLR.key=steps",
+            "--trainer.callbacks+=lit_lm.callbacks.BatchSizeRamp", "--trainer.callbacks.init_args.target_batch_size=32",
+            "--trainer.callbacks.init_args.key=steps", "--trainer.callbacks.init_args.mode=stepped"]
+    (tmp_path / "reference").mkdir()
+    monkeypatch.chdir(tmp_path / "reference")
+    reference = fit(data).rows
+    monkeypatch.chdir(tmp_path)
+    interrupted = RecordRows()
+    with pytest.raises(SystemExit):  # Ctrl-C at step 3, inside the ramp: last.ckpt is written on the way out
+        fit(data, InterruptAt(3), interrupted)
+    saved = torch.load(next(tmp_path.glob("runs/quickstart/logs/version_0/checkpoints/last.ckpt")), weights_only=False)
+    resumed = fit(data, ckpt_path="last").rows
+    assert len(reference) == len(set(reference)) > len(interrupted.rows) > 0
+    assert interrupted.rows + resumed == reference  # none repeated, none skipped, in the same order
+    assert len(interrupted.rows) == saved["PretrainingDataModule"]["batches"] * 8
+    # the resume crossed window boundaries where the window grew: 1 micro-batch per step at the checkpoint, then more
+    assert saved["callbacks"]["BatchSizeRamp"]["accumulation"] < 4 and len(resumed) > 8 * (8 - 3)

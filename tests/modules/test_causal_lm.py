@@ -18,7 +18,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lit_lm.callbacks import TextSamples
 from lit_lm.data import PretrainingDataModule
 from lit_lm.data.tokenizer import TokenizerConfig
+from lit_lm.checkpoint import load_causal_lm
 from lit_lm.evaluate import main as evaluate_main
+from lit_lm.evaluate import perplexity
 from lit_lm.generate import main as generate_main
 from lit_lm.hf.__main__ import main as hf_main
 from lit_lm.models import TransformerConfig
@@ -59,7 +61,15 @@ def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates
     evaluate_main(["perplexity", "--checkpoint", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"),
                    "--file", str(corpus / "doc0.txt"), "--context-length", "32", "--stride", "16"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["tokens"] > 100 and 1 < result["token_perplexity"] < 300 and result["bits_per_byte"] > 0
+    # the checkpoint's own model and tokenizer, evaluated as lit_lm.evaluate does in this process: the same numbers
+    # (a CLI that loaded other weights, another tokenizer or windows would differ)
+    model, tokenizer = load_causal_lm(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt")
+    expected = perplexity(model, tokenizer, (corpus / "doc0.txt").read_text(), context_length=32, stride=16)
+    assert result["tokens"] == expected.tokens > 100 and result["bytes"] == expected.bytes
+    assert result["token_perplexity"] == pytest.approx(expected.token_perplexity, rel=1e-4)
+    assert result["token_perplexity"] < model.config.vocab_size  # 6 steps trained: better than a uniform guess
+    assert result["bits_per_byte"] == pytest.approx(math.log2(result["token_perplexity"]) * result["tokens"]
+                                                    / result["bytes"], rel=1e-4)
     transformers = pytest.importorskip("transformers")
     hf_main(["export", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)

@@ -57,3 +57,35 @@ def test_checkpoint_from_another_vocabulary_is_a_clear_error():
     checkpoint = {"state_dict": saved.state_dict(), "hyper_parameters": dict(saved.hparams)}
     with pytest.raises(ValueError, match="vocabulary of 60 tokens but the tokenizer now has 80"):
         module(vocab=80).on_load_checkpoint(checkpoint)
+
+
+def test_validation_masks_are_fixed_by_their_seed():
+    """Two validations, with training's random stream moved in between, mask every batch the same way; another
+    val_mask_seed masks it otherwise. Masks redrawn at each validation would make val/loss jump between evaluations."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(0)
+    batches = DataLoader([{"input_ids": torch.randint(5, 60, (4, 32), generator=generator)} for _ in range(2)],
+                         batch_size=None)
+
+    def validation_labels(lm: MaskedLMModule, seed: int) -> list[torch.Tensor]:
+        seen, mask = [], MaskedLMModule._mask.__get__(lm)  # the module's own, not a recording from before
+
+        def recording(input_ids, generator=None):
+            inputs, labels = mask(input_ids, generator)
+            seen.append(labels)
+            return inputs, labels
+
+        lm._mask = recording
+        torch.manual_seed(seed)  # where training left the global random stream
+        L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False).validate(lm, batches, verbose=False)
+        return seen
+
+    lm = module()
+    first, second = validation_labels(lm, seed=0), validation_labels(lm, seed=1)
+    assert len(first) == 2 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], first[1])  # each batch its own mask (seeded by its index)
+    other = validation_labels(module(val_mask_seed=99), seed=0)
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))

@@ -60,6 +60,14 @@ def test_masks_are_reproducible_with_a_generator_and_fresh_without(ids):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     c = run(ids, seed=8)
     assert not torch.equal(a[1], c[1])
+    # without a generator (training): the global random stream, so every call draws fresh masks ...
+    torch.manual_seed(7)
+    fresh = [mask_tokens(ids, mask_rate=0.15, mask_token_id=MASK_ID, special_token_ids=SPECIAL,
+                         replacement_ids=torch.arange(5, VOCAB))[1] for _ in range(2)]
+    assert not torch.equal(fresh[0], fresh[1])
+    torch.manual_seed(7)  # ... and the global seed reproduces them
+    assert torch.equal(mask_tokens(ids, mask_rate=0.15, mask_token_id=MASK_ID, special_token_ids=SPECIAL,
+                                   replacement_ids=torch.arange(5, VOCAB))[1], fresh[0])
 
 
 def test_custom_fractions(ids):
