@@ -75,7 +75,7 @@ class SequenceLengthWarmup(Callback):
 
     # ---- Lightning hooks ----
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "train_windows"):
+        if not hasattr(pl_module, "train_windows"):  # a LightningModule that is not a lit-lm pretraining module
             raise ValueError(f"SequenceLengthWarmup needs a lit-lm pretraining module (MaskedLMModule, CausalLMModule), "
                              f"got {type(pl_module).__name__}.")
         training_progress(trainer, self.key, "SequenceLengthWarmup")  # fail now if there is no limit to key it to
@@ -93,7 +93,13 @@ class SequenceLengthWarmup(Callback):
             rank_zero_info(f"SequenceLengthWarmup: whole rows of {full} tokens from step {trainer.global_step} on")
         self.length = length
         pl_module.train_length = None if length == full else length
+        pl_module.windows_taken = False
         pl_module.log("train/seq_length", float(length))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if pl_module.train_length is not None and not pl_module.windows_taken:
+            raise ValueError(f"SequenceLengthWarmup: {type(pl_module).__name__}.training_step trains whole rows (it "
+                             f"never calls train_windows); remove the callback, or cut the rows as MaskedLMModule does.")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.train_length = None

@@ -54,8 +54,13 @@ class PretrainingModule(L.LightningModule):
     """Tokens per sequence the training step trains on: each row of the batch is cut into windows of this length
     (set by ``lit_lm.callbacks.SequenceLengthWarmup``); None trains whole rows. Validation always takes whole rows."""
 
+    windows_taken: bool = False
+    """Whether a training step asked ``train_windows`` (how SequenceLengthWarmup tells a module that ignores it)."""
+
     def train_windows(self, seq: int) -> int | None:
-        """The window length to cut rows of ``seq`` tokens into in this training step; None: whole rows."""
+        """The window length to cut rows of ``seq`` tokens into in this training step; None: whole rows. A module's
+        ``training_step`` that supports a sequence-length warmup calls it and cuts its rows as it says."""
+        self.windows_taken = True
         return self.train_length if self.train_length is not None and self.train_length < seq else None
 
     def save_resolved_hyperparameters(self, ignore: list[str] | None = None, **resolved) -> None:

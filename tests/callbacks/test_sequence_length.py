@@ -103,6 +103,10 @@ def test_causal_lm_windows_keep_every_next_token_target_once():
     assert torch.equal(windows["input_ids"].reshape(4, 16), whole["input_ids"])
     assert targets(windows) == targets(whole)  # none lost at a cut, none twice
     assert len(targets(whole)) == 4 * 15 - 5  # every next token of the row, none in the padding
+    out = module.model(windows["input_ids"], windows["attention_mask"], windows["labels"])
+    logits = torch.stack([out.logits[row * 4 + position // 4, position % 4] for row, position, _ in targets(windows)])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([t for _, _, t in targets(windows)]))
+    torch.testing.assert_close(out.loss, expected)  # the model's loss is over exactly those targets
     assert torch.isfinite(loss)
 
 
@@ -155,3 +159,17 @@ def test_a_run_follows_the_schedule_counts_every_token_and_continues_it_on_resum
     assert resumed.callback_metrics["train/seq_length"] == 16
     throughput = next(c for c in resumed.callbacks if isinstance(c, ThroughputMFU))
     assert throughput.tokens_seen == first.tokens + second.tokens
+
+
+class WholeRows(MaskedLMModule):
+    """A module whose training step never asks for windows."""
+
+    def training_step(self, batch, batch_idx):
+        return self(batch["input_ids"], batch["attention_mask"], batch["input_ids"]).loss
+
+
+def test_a_module_that_trains_whole_rows_anyway_is_refused_not_silently_unwarmed(tmp_path):
+    module = WholeRows(TransformerConfig(**CONFIG), special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4, seq_length=16)
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[SequenceLengthWarmup(start_length=4, key="steps")])
+    with pytest.raises(ValueError, match="WholeRows.training_step trains whole rows"):
+        trainer.fit(module, train_dataloaders=data())

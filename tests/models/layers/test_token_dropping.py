@@ -56,6 +56,12 @@ def test_decoders_refuse_token_dropping():
         DecoderForCausalLM(tiny(num_layers=4, token_dropping_keep=0.5))
 
 
+def test_token_dropping_is_a_training_switch_for_the_huggingface_export():
+    from lit_lm.hf.expressible import not_expressible
+
+    assert not_expressible("bert", tiny(num_layers=4, token_dropping_keep=0.5, token_dropping_start=1)) == []
+
+
 def test_the_default_split_is_the_papers_upper_middle():
     assert token_dropping_layers(tiny(num_layers=12, token_dropping_keep=0.5)) == (5, 11)  # blocks 6-11 of 12
     assert token_dropping_layers(tiny(num_layers=4, token_dropping_keep=0.5)) == (1, 3)
