@@ -59,7 +59,8 @@ class SequenceLengthWarmup(Callback):
             options = [full >> i for i in range(1, 5) if full % (1 << i) == 0]
             raise ValueError(
                 f"SequenceLengthWarmup.start_length ({self.start_length}) must be data.seq_length ({full}) divided by "
-                f"a power of two, so that every row cuts into whole windows; e.g. {', '.join(map(str, options)) or full}."
+                f"a power of two, so that every row cuts into whole windows; e.g. "
+                f"{', '.join(map(str, options)) or full}."
             )
         return [self.start_length << i for i in range(ratio.bit_length())]
 
@@ -76,8 +77,8 @@ class SequenceLengthWarmup(Callback):
     # ---- Lightning hooks ----
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "train_windows"):  # a LightningModule that is not a lit-lm pretraining module
-            raise ValueError(f"SequenceLengthWarmup needs a lit-lm pretraining module (MaskedLMModule, CausalLMModule), "
-                             f"got {type(pl_module).__name__}.")
+            raise ValueError(f"SequenceLengthWarmup needs a lit-lm pretraining module (MaskedLMModule, "
+                             f"CausalLMModule), got {type(pl_module).__name__}.")
         training_progress(trainer, self.key, "SequenceLengthWarmup")  # fail now if there is no limit to key it to
         full = getattr(pl_module, "hparams", {}).get("seq_length")
         if isinstance(full, int):
@@ -99,7 +100,8 @@ class SequenceLengthWarmup(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if pl_module.train_length is not None and not pl_module.windows_taken:
             raise ValueError(f"SequenceLengthWarmup: {type(pl_module).__name__}.training_step trains whole rows (it "
-                             f"never calls train_windows); remove the callback, or cut the rows as MaskedLMModule does.")
+                             f"never calls train_windows); remove the callback, or cut the rows as MaskedLMModule "
+                             f"does.")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.train_length = None

@@ -32,7 +32,8 @@ def token_dropping_layers(config: TransformerConfig) -> tuple[int, int]:
 def check_token_dropping(config: TransformerConfig) -> None:
     keep = config.token_dropping_keep
     if not 0.0 < keep <= 1.0:
-        raise ValueError(f"model config: token_dropping_keep must be in (0, 1] (1 disables token dropping), got {keep}.")
+        raise ValueError(f"model config: token_dropping_keep must be in (0, 1] (1 disables token dropping), "
+                         f"got {keep}.")
     if keep == 1.0:
         return
     start, end = token_dropping_layers(config)
