@@ -66,7 +66,7 @@ def scatter_tokens(full: torch.Tensor, keep: torch.Tensor, kept: torch.Tensor) -
     """``full`` [batch, seq, ...] with the positions ``keep`` replaced by ``kept`` [batch, kept, ...]: the dropped
     tokens come back with the states they had when they were dropped."""
     index = keep.reshape(*keep.shape, *(1,) * (full.dim() - 2)).expand(*kept.shape)
-    return full.scatter(1, index, kept)
+    return full.to(kept.dtype).scatter(1, index, kept)  # under autocast the stream may change dtype on the way
 
 
 def kept_inputs(inputs: AttentionInputs, keep: torch.Tensor) -> AttentionInputs:
