@@ -87,6 +87,11 @@ class TokenImportance(nn.Module):
         self.decay = decay
         self.register_buffer("loss", torch.full((vocab_size,), math.log(vocab_size)))
 
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.loss = self.loss.float()  # a running average needs float32's resolution, also in a bf16-true module
+        return self
+
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fold in a batch's per-token losses: ``logits`` [..., vocab] and their ``labels`` (-100: not predicted),

@@ -114,6 +114,7 @@ def test_importance_follows_the_loss_and_evaluation_sees_every_token():
     assert set(changed.tolist()) == set(labels[labels != IGNORE_INDEX].tolist())  # the masked ids, only those
     assert "token_importance.loss" in lm.state_dict() and "token_importance.loss" not in {
         "token_importance." + k for k in lm.model.state_dict()}  # in the checkpoint, not in exports
+    assert TokenImportance(50).to(torch.bfloat16).loss.dtype == torch.float32  # bf16-true would freeze the average
     lm.eval()
     with torch.no_grad():
         lm.validation_step(rows(), 0)
