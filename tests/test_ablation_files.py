@@ -44,6 +44,13 @@ def test_every_variant_parses_and_sets_what_it_says(path, variant):
     config = resolved_config(variant.recipe, *variant.words)
     for word in variant.words:
         keys, value = word.removeprefix("--").split("=", 1)
+        if keys.endswith("+"):  # appended to a list (a callback): an entry with these settings is in it
+            added = yaml.safe_load(value)
+            added = added if isinstance(added, dict) else {"class_path": added}
+            assert any(entry["class_path"] == added["class_path"]
+                       and added.get("init_args", {}).items() <= entry.get("init_args", {}).items()
+                       for entry in setting(config, keys[:-1])), word
+            continue
         assert setting(config, keys) == yaml.safe_load(value), f"{word}: resolved to {setting(config, keys)!r}"
     if config["model"]["class_path"].endswith("MaskedLMModule"):  # and the model builds (the config checks pass)
         EncoderForMaskedLM(config_from_dict(config["model"]["init_args"]["config"]))

@@ -8,7 +8,9 @@ from lit_lm.callbacks.loss_summary import LossSummary
 from lit_lm.callbacks.lr_schedule import OneCycleLR
 from lit_lm.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_lm.callbacks.samples import TextSamples
+from lit_lm.callbacks.sequence_length import SequenceLengthWarmup
 from lit_lm.callbacks.throughput import ThroughputMFU
 
 __all__ = ["AttentionDiagnostics", "BatchSizeRamp", "HeldOutLoss", "LossSummary", "ModelCheckpoint",
-           "NonFiniteLossError", "OneCycleLR", "StopOnNonFiniteLoss", "TextSamples", "ThroughputMFU"]
+           "NonFiniteLossError", "OneCycleLR", "SequenceLengthWarmup", "StopOnNonFiniteLoss", "TextSamples",
+           "ThroughputMFU"]

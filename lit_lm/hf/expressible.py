@@ -34,7 +34,8 @@ EVERY_FAMILY = {name: ANY for name in (
     "type_vocab_size", "norm_eps", "tie_embeddings", "sparse_prediction", "sparse_prediction_rate", "dropout",
     "attention_dropout", "initializer_range", "pad_token_id", "rotary_base", "moe_top_k", "moe_capacity_factor",
     "moe_aux_loss_weight", "relative_terms", "position_buckets", "max_relative_positions", "share_att_key",
-    "relative_embedding_norm", "conv_groups", "conv_act")}
+    "relative_embedding_norm", "conv_groups", "conv_act",
+    "token_dropping_keep", "token_dropping_start", "token_dropping_end")}  # token dropping: training only
 NO_EXTRAS = {"talking_heads": (False,), "qkv_conv_kernel_size": (0,), "moe_experts": (0,), "output_softmaxes": (1,),
              "qkv_bias": (True,), "bias": (True,), "activation": HF_ACTIVATIONS}
 # BERT's block: post-LN LayerNorm, a normalised embedding sum, the MLM head transform.

@@ -17,7 +17,8 @@ from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerCon
 
 # switches that change how a model trains, not its weights: a pretrained start keeps the recipe's
 TRAINING_FIELDS = ("dropout", "attention_dropout", "sparse_prediction", "sparse_prediction_rate",
-                   "moe_aux_loss_weight", "initializer_range")
+                   "moe_aux_loss_weight", "initializer_range", "token_dropping_keep", "token_dropping_start",
+                   "token_dropping_end")
 
 
 def save_pretrained(model: EncoderForMaskedLM | DecoderForCausalLM, folder: str | Path, tokenizer=None,

@@ -188,6 +188,17 @@ class TransformerConfig:
     """Standard deviation of the normal initialisation of linear and embedding weights."""
     pad_token_id: int = 0
     """Id of the padding token. Set from the tokenizer by the CLI."""
+    token_dropping_keep: float = 1.0
+    """Token dropping (Hou et al. 2022), encoders only, in training only: the blocks token_dropping_start ..
+    token_dropping_end - 1 process only this fraction of each sequence's tokens, those whose ids have the highest
+    running masked-LM loss (masked and special tokens always kept); the others skip those blocks, keeping the state
+    they had before the first. 1 disables; the paper: 0.5. Validation, evaluation and exports process every token.
+    Needs absolute positions and the attention token mixer."""
+    token_dropping_start: int | None = None
+    """First block (from 0) that sees only the kept tokens; None: (num_layers - 1) // 2 (the paper: 6th of 12)."""
+    token_dropping_end: int | None = None
+    """The block after the last one that sees only the kept tokens, where every token is processed again; None:
+    num_layers - 1 (the last block sees every token, as in the paper)."""
 
     def __post_init__(self) -> None:
         self.relative_terms = tuple(self.relative_terms)

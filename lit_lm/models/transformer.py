@@ -25,6 +25,7 @@ from lit_lm.models.layers.positions.absolute import ABSOLUTE_POSITIONS, build_po
 from lit_lm.models.layers.positions.learned import LearnedPositionEmbedding
 from lit_lm.models.layers.residual import RESIDUAL_OUTPUTS, zero_residual_outputs
 from lit_lm.models.layers.sharing import share_parameters
+from lit_lm.models.layers.token_dropping import gather_tokens, kept_inputs, scatter_tokens, token_dropping_layers
 from lit_lm.models.layers.token_mixers import TOKEN_MIXERS, token_mixer_max_length
 from lit_lm.models.layers.widths import LayerResize, layer_config
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
@@ -43,6 +44,8 @@ def check_decoder_config(config: TransformerConfig) -> None:
         (f"token_mixer: {config.token_mixer} ({mixer_refusal})", mixer_refusal is not None),
         ("enhanced_mask_decoder_layers (it attends both ways)", config.enhanced_mask_decoder_layers),
         ("sparse_prediction (a decoder predicts every next token)", config.sparse_prediction),
+        ("token_dropping_keep < 1 (token dropping ranks tokens by their masked-LM loss; encoders only)",
+         config.token_dropping_keep < 1),
     ) if on]
     if problems:
         raise ValueError(f"model config: a decoder cannot use {'; '.join(problems)}; switch them off.")
@@ -115,14 +118,21 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                output_attentions: bool = False) -> TransformerOutput:
-        """``attention_mask``: [batch, keys] 1/0; with a ``cache`` it covers the cached positions too."""
+                output_attentions: bool = False, keep: torch.Tensor | None = None) -> TransformerOutput:
+        """``attention_mask``: [batch, keys] 1/0; with a ``cache`` it covers the cached positions too. ``keep``
+        (token dropping, training only): sorted positions [batch, kept] that the blocks ``token_dropping_layers``
+        process alone; the other tokens skip them."""
         seq = input_ids.shape[1]  # any length unless a table limits it (max_input_length): that table refuses it
         start = cache.length if cache is not None else 0
         x = embeddings = self.embed(input_ids, token_type_ids, start)
-        inputs = self.attention_inputs(attention_mask, seq, x.dtype, start, output_attentions)
+        inputs = all_inputs = self.attention_inputs(attention_mask, seq, x.dtype, start, output_attentions)
+        drop_from, drop_to = token_dropping_layers(self.config) if keep is not None else (-1, -1)
         attentions, aux_losses = [], []
         for i, block in enumerate(self.blocks):
+            if i == drop_from:  # token dropping (Hou et al. 2022): the kept tokens go on alone
+                dropped_at, x, inputs = x, gather_tokens(x, keep), kept_inputs(all_inputs, keep)
+            elif i == drop_to:  # and the dropped ones rejoin with the state they had
+                x, inputs = scatter_tokens(dropped_at, keep, x), all_inputs
             if self.resize is not None:  # into block i's width (layer_widths)
                 x = self.resize(x, i)
                 if i == 0:
@@ -133,6 +143,8 @@ class Transformer(nn.Module):
             attentions.append(weights)
             if aux_loss is not None:
                 aux_losses.append(aux_loss)
+        if drop_to == len(self.blocks):
+            x = scatter_tokens(dropped_at, keep, x)
         if self.resize is not None:
             x = self.resize(x, len(self.blocks))
         return TransformerOutput(
@@ -219,9 +231,11 @@ class EncoderForMaskedLM(LanguageModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-                output_attentions: bool = False) -> LMOutput:
+                output_attentions: bool = False, keep: torch.Tensor | None = None) -> LMOutput:
+        """``keep``: token dropping's kept positions (``TokenImportance.keep``), in training only; None: every token
+        through every block."""
         encoded, aux_loss = self.run_body(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                          output_attentions=output_attentions)
+                                          output_attentions=output_attentions, keep=keep)
         hidden = head_input = encoded.hidden_states
         if self.enhanced_mask_decoder is not None:
             dtype = self.encoder.token_embedding.weight.dtype  # the body's masks' dtype (its embeddings')
@@ -245,7 +259,9 @@ class DecoderForCausalLM(LanguageModel):
     """Decoder plus output head: ``model(input_ids, attention_mask=None, labels=None, cache=None) -> LMOutput``.
 
     ``labels`` are the input ids themselves (-100 where nothing should be predicted); the loss is the mean
-    cross-entropy of predicting ``labels[:, t + 1]`` from the positions up to ``t``. ``logits`` cover every position.
+    cross-entropy of predicting ``labels[:, t + 1]`` from the positions up to ``t``. ``labels`` may be one longer than
+    the input (its ids and the next one), so that the last position has a target too: a window cut from a longer row
+    (sequence-length warmup) then predicts what the row would. ``logits`` cover every position.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -277,6 +293,12 @@ class DecoderForCausalLM(LanguageModel):
         logits = self.head(decoded.hidden_states)
         loss = None
         if labels is not None:  # shift the labels, not the logits: no copy of the largest tensor
-            loss = cross_entropy(logits, F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX))
+            if labels.shape[1] not in (input_ids.shape[1], input_ids.shape[1] + 1):
+                raise ValueError(f"labels must be as long as input_ids or one longer, got {tuple(labels.shape)} for "
+                                 f"{tuple(input_ids.shape)}.")
+            targets = labels[:, 1:]
+            if targets.shape[1] < input_ids.shape[1]:  # the last position's next token is unknown
+                targets = F.pad(targets, (0, 1), value=IGNORE_INDEX)
+            loss = cross_entropy(logits, targets)
         return LMOutput(logits=logits, loss=loss, labels=labels, hidden_states=decoded.hidden_states,
                         aux_loss=aux_loss, attentions=decoded.attentions)

@@ -13,7 +13,7 @@ from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models import IGNORE_INDEX
 from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule
+from lit_lm.modules.pretraining import PretrainingModule, split_next_token_labels, split_rows
 
 # GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
 GPT2_SMALL = TransformerConfig(
@@ -130,7 +130,12 @@ class CausalLMModule(PretrainingModule):
         return self.run_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(self(batch["input_ids"], batch.get("attention_mask"), next_token_labels(batch)))
+        input_ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), next_token_labels(batch)
+        if (length := self.train_windows(input_ids.shape[1])) is not None:  # sequence-length warmup
+            # each window with its own ids and the next one as labels: the windows' targets are the row's, each once
+            input_ids, labels = split_rows(input_ids, length), split_next_token_labels(labels, length)
+            mask = None if mask is None else split_rows(mask, length)  # right padding stays right padding
+        return self.training_loss(self(input_ids, mask, labels))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         labels = next_token_labels(batch)

@@ -7,10 +7,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
+from lit_lm.models.layers.token_dropping import TokenImportance
 from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule
+from lit_lm.modules.pretraining import PretrainingModule, split_rows
 
 
 class MaskedLMModule(PretrainingModule):
@@ -89,13 +90,16 @@ class MaskedLMModule(PretrainingModule):
         allowed = torch.ones(config.vocab_size, dtype=torch.bool)
         allowed[self.special_ids] = False
         self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
+        self.token_importance = TokenImportance(config.vocab_size) if config.token_dropping_keep < 1 else None
+        """Token dropping's running loss per token id (Hou et al. 2022); None without token dropping."""
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=config.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
         self._compile_if(compile)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, keep=None):
+        extra = {} if keep is None else {"keep": keep}  # token dropping's kept positions, in training only
         return self.run_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                              token_type_ids=token_type_ids)
+                              token_type_ids=token_type_ids, **extra)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
         return mask_tokens(
@@ -105,9 +109,28 @@ class MaskedLMModule(PretrainingModule):
             random_token_fraction=self.hparams.random_token_fraction, generator=generator,
         )
 
+    def kept_tokens(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """Token dropping's kept positions of a masked batch (masked and special tokens always), or None without it."""
+        if self.token_importance is None:
+            return None
+        return self.token_importance.keep(inputs, labels, self.special_ids, self.config.pad_token_id,
+                                          self.config.token_dropping_keep)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         inputs, labels = self._mask(batch["input_ids"])
-        return self.training_loss(self(inputs, batch.get("attention_mask"), labels, batch.get("token_type_ids")))
+        mask, types = batch.get("attention_mask"), batch.get("token_type_ids")
+        if (length := self.train_windows(inputs.shape[1])) is not None:  # sequence-length warmup
+            # masked before the cut, so each token is chosen as it would be in the whole row; only the first window
+            # of a row starts with its [CLS]: the others start mid-text, as rows packed across documents do
+            inputs, labels = split_rows(inputs, length), split_rows(labels, length)
+            types = None if types is None else split_rows(types, length)
+            if mask is not None:  # a window of padding alone attends to itself (its labels are all -100), not NaN
+                mask = split_rows(mask, length)
+                mask = torch.where(mask.any(dim=1, keepdim=True), mask, torch.ones_like(mask))
+        out = self(inputs, mask, labels, types, keep=self.kept_tokens(inputs, labels))
+        if self.token_importance is not None:
+            self.token_importance.update(out.logits.detach(), out.labels)
+        return self.training_loss(out)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = torch.Generator(device=batch["input_ids"].device)
@@ -127,7 +150,9 @@ class MaskedLMModule(PretrainingModule):
 
     def training_flops(self, batch: dict) -> int:
         """FLOPs of one training forward and backward on ``batch`` (Lightning's ``measure_flops`` on its first
-        sequence, times its length), for MFU. Leaves the random state and the gradients as they were."""
+        sequence, times its length), for MFU. Leaves the random state and the gradients as they were. With token
+        dropping they are the FLOPs done (the middle blocks on the kept tokens); a sequence-length warmup is not
+        counted (whole rows: its shorter windows do fewer attention FLOPs, so MFU reads a little high during it)."""
         input_ids = batch["input_ids"][:1]
         attention_mask = batch.get("attention_mask")
         attention_mask = attention_mask[:1] if attention_mask is not None else None
@@ -136,5 +161,6 @@ class MaskedLMModule(PretrainingModule):
                       if device.type == "cuda" else torch.random.fork_rng(devices=[]))
         with forked_rng:  # the masks and dropout drawn here leave the training's random stream as it was
             inputs, labels = self._mask(input_ids)
-            flops = self._step_flops(lambda: self.model(inputs, attention_mask, labels))
+            keep = self.kept_tokens(inputs, labels)  # token dropping: the FLOPs of the tokens kept
+            flops = self._step_flops(lambda: self.model(inputs, attention_mask, labels, keep=keep))
         return flops * len(batch["input_ids"])

@@ -15,13 +15,33 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_lm.models.config import TransformerConfig
-from lit_lm.models.output import LMOutput
+from lit_lm.models.output import IGNORE_INDEX, LMOutput
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.precision import MixedPrecision
 from lit_lm.runs import ResumeError, differences, flatten
 
 # what may change when a run resumes: how fast it runs and how it steps, not what it trains
 RESUMABLE_WITH_OTHER = ("optimizer", "compile")
+
+
+def split_rows(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """[batch, seq, ...] -> [batch * seq // length, length, ...]: every row cut into consecutive windows of
+    ``length`` tokens, in order (sequence-length warmup); ``length`` must divide ``seq``."""
+    rows, seq = tensor.shape[:2]
+    if seq % length:
+        raise ValueError(f"sequence-length warmup: a window of {length} tokens does not divide rows of {seq}.")
+    return tensor.reshape(rows * (seq // length), length, *tensor.shape[2:])
+
+
+def split_next_token_labels(labels: torch.Tensor, length: int) -> torch.Tensor:
+    """A causal LM's labels [batch, seq] -> [batch * seq // length, length + 1]: each window's ids and the id after
+    it, so that the last position of a window keeps the target it has in the whole row (the last window's is -100,
+    as the row's); every target of the row appears once. See ``DecoderForCausalLM``."""
+    rows, seq = labels.shape
+    if seq % length:
+        raise ValueError(f"sequence-length warmup: a window of {length} tokens does not divide rows of {seq}.")
+    padded = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)
+    return padded.unfold(1, length + 1, length).reshape(rows * (seq // length), length + 1)
 
 
 class PretrainingModule(L.LightningModule):
@@ -31,6 +51,18 @@ class PretrainingModule(L.LightningModule):
     config: TransformerConfig
     optimizer_config: OptimizerConfig
     model: torch.nn.Module
+    train_length: int | None = None
+    """Tokens per sequence the training step trains on: each row of the batch is cut into windows of this length
+    (set by ``lit_lm.callbacks.SequenceLengthWarmup``); None trains whole rows. Validation always takes whole rows."""
+
+    windows_taken: bool = False
+    """Whether a training step asked ``train_windows`` (how SequenceLengthWarmup tells a module that ignores it)."""
+
+    def train_windows(self, seq: int) -> int | None:
+        """The window length to cut rows of ``seq`` tokens into in this training step; None: whole rows. A module's
+        ``training_step`` that supports a sequence-length warmup calls it and cuts its rows as it says."""
+        self.windows_taken = True
+        return self.train_length if self.train_length is not None and self.train_length < seq else None
 
     def save_resolved_hyperparameters(self, ignore: list[str] | None = None, **resolved) -> None:
         """``save_hyperparameters``, then the values ``__init__`` resolved (the config read from a pretrained
