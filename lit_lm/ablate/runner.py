@@ -210,7 +210,8 @@ class Runner:
         return RunResult(
             variant=variant.name, seed=seed, change=variant.description,
             heldout_loss=HeldOutSet.load(heldout).score(model) if scored else None,
-            parameters=sum(p.numel() for p in model.parameters()), steps=int(read.contents["global_step"]), tokens_seen=tokens, train_seconds=round(train_seconds, 1),
+            parameters=sum(p.numel() for p in model.parameters()), steps=int(read.contents["global_step"]),
+            tokens_seen=tokens, train_seconds=round(train_seconds, 1),
             process_seconds=round(seconds, 1), diverged_at_step=diverged, checkpoint=str(checkpoint),
             words=list(variant.words), curve=read_curve(self.run_dir(variant, seed)))
 
