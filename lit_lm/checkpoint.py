@@ -94,6 +94,10 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} is a fine-tuned classifier's checkpoint, not a language model's: "
                                   f"load it with lit_lm.modules.SequenceClassificationModule.load_from_checkpoint, "
                                   f"or start from the pretrained (masked-LM or causal-LM) run's checkpoint.")
+        if any(k.startswith("model.discriminator.") for k in self.contents["state_dict"]):
+            from lit_lm.models.replaced_token import detector_from_checkpoint  # ELECTRA: its discriminator
+
+            return detector_from_checkpoint(self.contents, self.config).eval()
         model = (DecoderForCausalLM if self.causal else EncoderForMaskedLM)(self.config)
         state = {k.removeprefix("model."): v for k, v in self.contents["state_dict"].items() if k.startswith("model.")}
         try:

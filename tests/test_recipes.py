@@ -109,6 +109,8 @@ PINNED = {
                                    "val_check_interval": 200}, [*CRAMMING, *MONITORS]),
     "recipes/crammed-deberta.yaml": ({**LAPTOP, "max_time": "00:00:10:00", "gradient_clip_val": 0.5,
                                       "val_check_interval": 200}, [*CRAMMING, *MONITORS]),  # crammed-bert's, whole
+    "recipes/crammed-electra.yaml": ({**LAPTOP, "max_time": "00:00:10:00", "gradient_clip_val": 0.5,
+                                      "val_check_interval": 200}, [*CRAMMING, *MONITORS]),  # crammed-bert's, whole
     "recipes/crammed-gpt.yaml": ({**LAPTOP, "max_time": "00:00:10:00", "gradient_clip_val": 0.5,
                                   "val_check_interval": 50},
                                  [*CRAMMING, *MONITORS, "TextSamples(every_n_steps=100, prompts=['', 'The list'])"]),

@@ -16,7 +16,8 @@ class RunResult:
     variant: str
     seed: int
     change: str
-    heldout_loss: float
+    heldout_loss: float | None
+    """None: the run trained another objective than the reference (compared downstream only)."""
     parameters: int
     steps: int
     tokens_seen: int | None
@@ -48,18 +49,20 @@ class VariantSummary:
     variant: str
     change: str
     runs: list[RunResult]
-    loss: float
+    loss: float | None  # None: another objective than the reference's, not scored on the held-out set
     spread: float | None  # sample standard deviation over seeds; None with one seed
     delta: float | None = None  # mean loss minus the reference's
     band: float | None = None  # the noise band of delta: two standard errors of the difference of two means
 
     @classmethod
     def of(cls, runs: list[RunResult]) -> "VariantSummary":
-        losses = [r.heldout_loss for r in runs]
-        return cls(runs[0].variant, runs[0].change, runs, statistics.fmean(losses),
+        losses = [r.heldout_loss for r in runs if r.heldout_loss is not None]
+        return cls(runs[0].variant, runs[0].change, runs, statistics.fmean(losses) if losses else None,
                    statistics.stdev(losses) if len(losses) > 1 else None)
 
     def compare_with(self, reference: "VariantSummary") -> None:
+        if self.loss is None or reference.loss is None:
+            return
         self.delta = self.loss - reference.loss
         if self.spread is not None and reference.spread is not None:
             self.band = 2 * math.sqrt(self.spread**2 / len(self.runs) + reference.spread**2 / len(reference.runs))
@@ -89,7 +92,8 @@ def markdown_table(summaries: list[VariantSummary], reference: str, seeds: int, 
     for s in summaries:
         change = s.change + "".join(f" (loss non-finite at step {r.diverged_at_step}, seed {r.seed}: scored the last "
                                     f"good weights)" for r in s.runs if r.diverged_at_step is not None)
-        loss = f"{s.loss:.3f}" + (f" ± {s.spread:.3f}" if s.spread is not None else "")
+        loss = ("n/a: other objective" if s.loss is None
+                else f"{s.loss:.3f}" + (f" ± {s.spread:.3f}" if s.spread is not None else ""))
         delta = "" if s.delta is None else f"{s.delta:+.3f}" + (f" ± {s.band:.3f}" if s.band is not None else "")
         downstream = [fmt_score(statistics.fmean(v) if (v := [r.downstream[t] for r in s.runs if t in r.downstream])
                                 else None) for t in tasks]

@@ -68,6 +68,8 @@ class Runner:
         self.ablation, self.settings = ablation, settings
         self.out = settings.out
         self.configs: dict[str, dict] = {}
+        self.other_objective: set[str] = set()
+        """Variants that train another objective than the reference (with --downstream only): no held-out loss."""
 
     # ---- before anything trains ----
     def check_out_folder(self) -> dict:
@@ -112,9 +114,14 @@ class Runner:
             raise AblationFileError(f"variants {', '.join(peers)}: the hf-trainer peer trains a masked-LM model; the "
                                     f"base {self.ablation.base.name} trains a {objective(ref)} one.")
         for name, config in self.configs.items():
-            if objective(config) != objective(ref):
-                raise AblationFileError(f"variant {name!r} trains a {objective(config)} model, the reference a "
-                                        f"{objective(ref)} one: their held-out losses do not compare.")
+            if objective(config) != objective(ref) or objective(config) == REPLACED_TOKEN:
+                if not self.settings.downstream:
+                    why = ("has no held-out loss" if objective(config) == objective(ref) else
+                           f"the reference a {objective(ref)} one: their held-out losses do not compare")
+                    raise AblationFileError(
+                        f"variant {name!r} trains a {objective(config)} model, {why}. Compare it downstream instead: "
+                        f"add --downstream (e.g. --downstream sst2); the table then reads n/a for its held-out loss.")
+                self.other_objective.add(name)
             changed = sorted(k for k in set(config["data"]["init_args"]) | set(ref["data"]["init_args"])
                              if k not in DATA_KEYS_FREE
                              and config["data"]["init_args"].get(k) != ref["data"]["init_args"].get(k))
@@ -137,7 +144,8 @@ class Runner:
         datamodule = parser.instantiate_classes(parser.parse_object({"data": ref["data"]})).data
         print("ablate: preparing the data and the held-out set (outside every budget) ...", flush=True)
         datamodule.prepare_data()
-        heldout = HeldOutSet.from_datamodule(datamodule, objective(ref), self.settings.eval_sequences)
+        kind = "causal" if objective(ref) == "causal" else "masked"
+        heldout = HeldOutSet.from_datamodule(datamodule, kind, self.settings.eval_sequences)
         print(f"ablate: held-out set: {len(heldout.inputs)} sequences, {heldout.scored_tokens} scored tokens",
               flush=True)
         return heldout.save(path)
@@ -150,9 +158,11 @@ class Runner:
         run_dir = self.run_dir(variant, seed)
         words = [f"--trainer.max_time={self.settings.max_time}", f"--trainer.default_root_dir={run_dir}",
                  "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-                 "--trainer.enable_progress_bar=false", f"--seed_everything={seed}",
-                 "--trainer.callbacks+=lit_lm.callbacks.HeldOutLoss", f"--trainer.callbacks.init_args.path={heldout}",
-                 f"--trainer.callbacks.init_args.points={self.settings.points}"]
+                 "--trainer.enable_progress_bar=false", f"--seed_everything={seed}"]
+        if variant.name not in self.other_objective:  # the held-out set scores the reference's objective only
+            words += ["--trainer.callbacks+=lit_lm.callbacks.HeldOutLoss",
+                      f"--trainer.callbacks.init_args.path={heldout}",
+                      f"--trainer.callbacks.init_args.points={self.settings.points}"]
         logger = self.configs[variant.name]["trainer"].get("logger")
         if isinstance(logger, dict) and (logger.get("init_args") or {}).get("save_dir"):
             words.append(f"--trainer.logger.init_args.save_dir={run_dir}")  # a recipe that names its log folder
@@ -196,10 +206,12 @@ class Runner:
         callbacks = read.contents.get("callbacks", {})
         tokens = next((s["tokens_seen"] for k, s in callbacks.items() if k.startswith("ThroughputMFU")), None)
         train_seconds = next((s["time_elapsed"]["train"] for k, s in callbacks.items() if k.startswith("Timer")), 0.0)
+        scored = variant.name not in self.other_objective
         return RunResult(
             variant=variant.name, seed=seed, change=variant.description,
-            heldout_loss=HeldOutSet.load(heldout).score(model), parameters=sum(p.numel() for p in model.parameters()),
-            steps=int(read.contents["global_step"]), tokens_seen=tokens, train_seconds=round(train_seconds, 1),
+            heldout_loss=HeldOutSet.load(heldout).score(model) if scored else None,
+            parameters=sum(p.numel() for p in model.parameters()), steps=int(read.contents["global_step"]),
+            tokens_seen=tokens, train_seconds=round(train_seconds, 1),
             process_seconds=round(seconds, 1), diverged_at_step=diverged, checkpoint=str(checkpoint),
             words=list(variant.words), curve=read_curve(self.run_dir(variant, seed)))
 
@@ -251,8 +263,9 @@ class Runner:
                           else self.train(variant, seed, heldout, manifest["group"], bar))
                 result.save(done)
                 results.append(result)
-                tqdm.write(f"ablate: {run_id(variant, seed)}: held-out loss {result.heldout_loss:.4f} after "
-                           f"{result.steps} steps, {result.tokens_seen or 0:,} tokens")
+                loss = "n/a (other objective)" if result.heldout_loss is None else f"{result.heldout_loss:.4f}"
+                tqdm.write(f"ablate: {run_id(variant, seed)}: held-out loss {loss} after {result.steps} steps, "
+                           f"{result.tokens_seen or 0:,} tokens")
                 self.write(results)
         if self.settings.downstream:
             self.run_downstream(results)
@@ -297,7 +310,11 @@ class Runner:
               f"data preparation outside it), on the same rows in the same order, and was scored on the same "
               f"{len(heldout.inputs)} held-out sequences ({heldout.scored_tokens:,} scored tokens"
               + (", the same 15% masks for every run" if heldout.objective == "masked" else "")
-              + "), whatever it trained with. Differences are from "
+              + "), whatever it trained with"
+              + ("" if not self.other_objective else
+                 f" (except {', '.join(sorted(self.other_objective))}: another objective, compared on the downstream "
+                 f"columns only)")
+              + ". Differences are from "
               f"`{reference}`" + ("; ± is two standard errors of the difference (its noise band)."
                                   if self.ablation.seeds > 1 else "; one seed: rerun with `seeds: 2` or more for a "
                                                                   "noise band."),
@@ -328,8 +345,15 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+REPLACED_TOKEN = "replaced-token detection"
+
+
 def objective(config: dict) -> str:
-    return "causal" if config["model"]["class_path"].endswith("CausalLMModule") else "masked"
+    """What a run's model learns: "causal", "masked" or "replaced-token detection" (which no held-out set scores)."""
+    class_path = config["model"]["class_path"]
+    if class_path.endswith("CausalLMModule"):
+        return "causal"
+    return REPLACED_TOKEN if class_path.endswith("ReplacedTokenDetectionModule") else "masked"
 
 
 def wait_with_progress(process: subprocess.Popen, bar: tqdm, budget: int) -> int:

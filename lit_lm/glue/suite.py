@@ -96,6 +96,7 @@ def fine_tune(column: Column, task: str, out: Path, overrides: list[str]) -> Tas
     start = time.perf_counter()
     with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads these words only, not the suite's own
         cli = main(args)
+    cli.trainer.loggers = []  # the run has ended (main() finished its wandb run, which refuses more logging)
     scores = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     metrics = {key.removeprefix("val/"): float(value) for key, value in scores.items()
                if key.startswith("val/") and key not in ("val/loss", "val/score")}

@@ -170,3 +170,31 @@ def test_the_peer_is_scored_like_every_run_through_from_hf(tmp_path, monkeypatch
     assert result.parameters == sum(p.numel() for p in bert.parameters()) and result.steps == 2
     assert [p["heldout_loss"] for p in result.curve] == [4.5, 4.2]
     assert result.checkpoint.endswith("hf/seed0/peer/model")
+
+
+def test_a_variant_with_another_objective_needs_downstream_and_reads_n_a_for_the_held_out_loss(tmp_path, monkeypatch):
+    import functools
+
+    import lit_lm.cli
+    from lit_lm.ablate.results import RunResult, markdown_table, summarize
+    from lit_lm.ablate.runner import Runner, Settings
+    from lit_lm.ablate.spec import AblationFileError, read_ablation
+
+    monkeypatch.setattr(lit_lm.cli, "resolved_config", functools.cache(lit_lm.cli.resolved_config))  # parse once
+    variant = "--model.class_path=lit_lm.modules.ReplacedTokenDetectionModule"
+    ablation = read_ablation(ablation_file(tmp_path, f"  base: []\n  electra: [{variant}]\n"))
+    runner = Runner(ablation, Settings(0.1, tmp_path / "out"))
+    with pytest.raises(AblationFileError, match="trains a replaced-token detection model, the reference a masked "
+                                                "one: .* add --downstream"):
+        runner.resolve()
+    runner.settings.downstream = ["sst2"]
+    runner.resolve()
+    assert runner.other_objective == {"electra"}
+    base, electra = ablation.variants
+    assert not any("HeldOutLoss" in w for w in runner.train_words(electra, 0, tmp_path / "heldout.pt"))
+    assert any("HeldOutLoss" in w for w in runner.train_words(base, 0, tmp_path / "heldout.pt"))
+    results = [RunResult("base", 0, "", 5.0, 10, 3, 96, 1.0, 1.0, downstream={"sst2": 0.8}),
+               RunResult("electra", 0, "ELECTRA", None, 12, 2, 64, 1.0, 1.0, downstream={"sst2": 0.82})]
+    table = markdown_table(summarize(results, ["base", "electra"], "base"), "base", 1, ["sst2"])
+    row = next(line for line in table.splitlines() if line.startswith("| electra |"))
+    assert "n/a: other objective" in row and row.endswith("| 82.0 |")

@@ -199,3 +199,10 @@ def test_an_encoder_and_a_decoder_side_by_side_one_column_each(tmp_path, checkpo
     fine_tuned = lit_lm.modules.SequenceClassificationModule.load_from_checkpoint(
         next((tmp_path / "out" / "runs" / "gpt" / "bright").rglob("last.ckpt")))
     assert fine_tuned.causal and fine_tuned.model.pooling == "last"  # a decoder pools its last real token
+
+
+def test_the_suite_scores_a_run_whose_wandb_run_has_ended(tmp_path, checkpoint, wandb_offline):
+    """Each fine-tune's main() finishes its (offline) wandb run; scoring afterwards must not log into it."""
+    task = write_task(tmp_path / "task", "bright", rows=24)
+    results = run_suite([str(checkpoint)], [str(task)], tmp_path / "out", [*QUIET, "--trainer.max_epochs", "1"])
+    assert 0.0 <= results.get("tiny-bert", "bright").score <= 1.0
