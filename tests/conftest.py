@@ -54,10 +54,20 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         os.environ.setdefault(name, threads)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_configure_node(node) -> None:
+    """pytest-xdist's hook, in the main process: a worker parses only the command line, so it learns ``--dist`` as
+    set above from here (its test ids carry their group only under ``loadgroup``)."""
+    node.workerinput["lit_lm_dist"] = node.config.option.dist
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests of a module that use a module-scoped fixture of its own (a trained run, a built store) form an xdist
     group: one worker builds the fixture once, instead of each worker building its own copy."""
+    loadgroup = getattr(config, "workerinput", {}).get("lit_lm_dist") == "loadgroup"
+    if loadgroup:
+        config.option.loadgroup = True
     for item in items:
         module = item.nodeid.split("::")[0]
         fixtures = getattr(item, "_fixtureinfo", None)
@@ -65,6 +75,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                      for definitions in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in definitions)
         if shared:
             item.add_marker(pytest.mark.xdist_group(module))
+        group = next((mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args), None)
+        if loadgroup and group and hasattr(item, "_id"):
+            # xdist 3.8 tells the scheduler a test's group by renaming item._nodeid, which pytest >= 9.2 no longer
+            # reads (pytest-dev/pytest-xdist#1386): rename its structured id the same way, as xdist's fix does
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 def memoize_docstring_parsing() -> None:
