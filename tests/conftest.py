@@ -1,5 +1,7 @@
-"""Shared fixtures: generated corpora, the optional ../shared/data folder, an isolated cache."""
+"""Shared fixtures: generated corpora, the optional ../shared/data folder, an isolated cache; and how the suite runs:
+in pytest-xdist workers by default, each test in an environment of its session's own (cache, wandb, CPU threads)."""
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -11,6 +13,104 @@ import lit_lm.precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# ---- how the suite runs: in pytest-xdist workers, each test module's shared setup built once ----
+
+WORKERS_AT_MOST = 4
+"""Without ``-n``, the suite runs in one xdist worker per CPU this process may use, at most this many: each worker
+imports torch and trains tiny models (about 1 GB of memory at its peak), and past four workers the longest tests,
+not the number of workers, set the wall time. One usable CPU runs the tests in this process, as ``-n 0`` does."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container or ``taskset`` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``-n`` defaults to ``min(usable CPUs, WORKERS_AT_MOST)`` and ``--dist`` to ``loadgroup`` (tests that share a
+    module-scoped fixture run in one worker: ``pytest_collection_modifyitems``); each worker's torch, and every
+    process a test starts, gets an equal share of the CPUs (OMP_NUM_THREADS and the like, unless already set).
+    Nothing changes without pytest-xdist (``-p no:xdist``), with ``-n 0``, ``--pdb`` or inside a worker."""
+    option = config.option
+    if not hasattr(option, "numprocesses") or hasattr(config, "workerinput") or option.usepdb:
+        return
+    if option.numprocesses is None:
+        option.numprocesses = min(usable_cpus(), WORKERS_AT_MOST) if usable_cpus() > 1 else 0
+    if option.numprocesses in ("auto", "logical"):
+        option.numprocesses = config.hook.pytest_xdist_auto_num_workers(config=config)
+    if option.maxprocesses:
+        option.numprocesses = min(option.numprocesses, option.maxprocesses)
+    if not option.numprocesses:
+        return
+    if option.dist == "no":
+        option.dist = "loadgroup"
+    threads = str(max(1, usable_cpus() // option.numprocesses))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # the workers inherit these
+        os.environ.setdefault(name, threads)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_configure_node(node) -> None:
+    """pytest-xdist's hook, in the main process: a worker parses only the command line, so it learns ``--dist`` as
+    set above from here (its test ids carry their group only under ``loadgroup``)."""
+    node.workerinput["lit_lm_dist"] = node.config.option.dist
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of a module that use a module-scoped fixture of its own (a trained run, a built store) form an xdist
+    group: one worker builds the fixture once, instead of each worker building its own copy."""
+    loadgroup = getattr(config, "workerinput", {}).get("lit_lm_dist") == "loadgroup"
+    if loadgroup:
+        config.option.loadgroup = True
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = any(d.scope == "module" and d.baseid == module
+                     for definitions in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in definitions)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(module))
+        group = next((mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args), None)
+        if loadgroup and group and hasattr(item, "_id"):
+            # xdist 3.8 tells the scheduler a test's group by renaming item._nodeid, which pytest >= 9.2 no longer
+            # reads (pytest-dev/pytest-xdist#1386): rename its structured id the same way, as xdist's fix does
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
+
+
+def memoize_docstring_parsing() -> None:
+    """Each ``train.py`` parser parses the docstrings of every class it offers (the Trainer's, each module's and data
+    module's, their config dataclasses'), for all five subcommands, again for every run: two thirds of building a
+    parser, about 0.8 s of CPU per ``main()`` call, and the suite builds hundreds. The classes do not change during a
+    session, so each docstring is parsed once per process here; the parsed help is the same."""
+    import jsonargparse._optionals as optionals
+
+    parse = getattr(optionals, "parse_docstring", None)
+    if parse is None or hasattr(parse, "cache"):  # another jsonargparse: its own way, uncached; or already memoized
+        return
+    cache: dict = {}
+
+    def parse_docstring(component, params=False, logger=None):
+        try:
+            key = (component, params)
+            if key not in cache:
+                cache[key] = parse(component, params, logger)
+            return cache[key]
+        except TypeError:  # an unhashable component
+            return parse(component, params, logger)
+
+    parse_docstring.cache = cache
+    optionals.parse_docstring = parse_docstring
+
+
+memoize_docstring_parsing()
+
 
 NOUNS = "cat dog bird fish horse model token layer network teacher student river city garden".split()
 VERBS = "sees likes follows trains predicts reads builds finds carries watches".split()
@@ -56,26 +156,42 @@ def gpt_tokenizer():
     return tiny_tokenizer("byte_bpe", 280)  # GPT-2's end-of-text token
 
 
+def isolate(patch: pytest.MonkeyPatch, base: Path) -> None:
+    """The environment every test runs in: prepared data cached under ``base`` (the session's, or with xdist the
+    worker's, temporary folder), never in ~/.cache; and wandb disabled, its own files under ``base`` too.
+
+    wandb, every recipe's dashboard, is disabled in tests: an offline run starts a service process (seconds) and
+    writes files. A test of wandb itself asks for ``wandb_offline``. Neither ever touches the network."""
+    patch.setenv("LIT_LM_CACHE", str(base / "lit-lm-cache"))
+    for name in ("WANDB_API_KEY", "WANDB_RUN_GROUP", "WANDB_NAME", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
+        patch.delenv(name, raising=False)
+    wandb_home = base / "wandb-home"
+    patch.setenv("WANDB_MODE", "disabled")
+    patch.setenv("WANDB_SILENT", "true")
+    patch.setenv("WANDB_DIR", str(wandb_home))
+    patch.setenv("WANDB_CONFIG_DIR", str(wandb_home / "config"))
+    patch.setenv("WANDB_CACHE_DIR", str(wandb_home / "cache"))
+    patch.setenv("WANDB_DATA_DIR", str(wandb_home / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory):
+    """The isolated environment from the session's start, so that module- and session-scoped fixtures (which are
+    set up before any test's own fixtures) train and cache in it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        isolate(patch, tmp_path_factory.getbasetemp())
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test session caches prepared data in its own folder, never in ~/.cache."""
-    monkeypatch.setenv("LIT_LM_CACHE", str(tmp_path_factory.getbasetemp() / "lit-lm-cache"))
+    """Every test starts in the isolated environment again, whatever the test before it changed."""
+    isolate(monkeypatch, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)
-def wandb_disabled(tmp_path_factory, monkeypatch):
-    """wandb, every recipe's dashboard, is disabled in tests: an offline run starts a service process (seconds) and
-    writes files. A test of wandb itself asks for ``wandb_offline``. Neither ever touches the network, and wandb's
-    own files (its settings, its default folder) go to the session's temporary folder, never the repository."""
-    for name in ("WANDB_API_KEY", "WANDB_RUN_GROUP", "WANDB_NAME", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
-        monkeypatch.delenv(name, raising=False)
-    wandb_home = tmp_path_factory.getbasetemp() / "wandb-home"
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(wandb_home))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(wandb_home / "config"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(wandb_home / "cache"))
-    monkeypatch.setenv("WANDB_DATA_DIR", str(wandb_home / "data"))
+def wandb_disabled():
+    """No wandb run outlives its test (``isolate`` disables wandb in the environment)."""
     yield
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:  # an in-process run would be reused by the next test's logger
