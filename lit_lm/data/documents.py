@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from array import array
 from collections import deque
@@ -171,6 +172,14 @@ class DocumentFile:
                 start = stop
 
 
+def _plain_signals() -> None:
+    """A pool worker's signals: SIGTERM ends it, whatever handler its parent had when it forked (Lightning's
+    notifier only records the signal, so Pool.terminate waited forever for a worker stuck on a lock it inherited
+    from one of the parent's threads); Ctrl-C goes to the parent alone, which then ends the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress: bool
                           ) -> tuple[DocumentFile, Counters, DedupStats]:
     """Pass 1: the clean, deduplicated documents in a scratch file, with what happened to the text."""
@@ -182,7 +191,7 @@ def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress
     docs, counters, dedup = DocumentFile(workdir / "documents.txt"), Counters(), Deduplicator(recipe.dedup, workdir)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="clean+dedup", disable=not progress)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(num_proc) if num_proc > 1 else None
+    pool = multiprocessing.get_context(method).Pool(num_proc, initializer=_plain_signals) if num_proc > 1 else None
     try:
         pending: deque = deque()
 
