@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -327,8 +328,14 @@ def resolved_config(recipe: Union[str, Path], *overrides: str) -> dict:
 
 def run(args: list[str] | None = None) -> None:
     """``python train.py``: ``main`` with a user's mistakes printed as one clear line and exit status 2."""
+    exit_on_user_error(main, args)
+
+
+def exit_on_user_error(command: Callable, *args) -> None:
+    """``command(*args)``; a user's mistake (``user_error``) becomes one ``error:`` line and exit status 2, anything
+    else stays a traceback."""
     try:
-        main(args)
+        command(*args)
     except Exception as error:
         cause = user_error(error)
         if cause is None:

@@ -16,7 +16,7 @@ import sys
 from unittest import mock
 
 from lit_lm.cli import main as cli_main
-from lit_lm.cli import run, user_error
+from lit_lm.cli import exit_on_user_error, run
 from lit_lm.data.remote import RemoteStoreError, upload_store
 
 USAGE = ("usage: python -m lit_lm.data prepare --config <recipe.yaml> [--data.* overrides]\n"
@@ -56,15 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "prepare":
         run(argv)
         return
-    try:
-        with mock.patch.object(sys, "argv", sys.argv[:1]):  # the arguments reach train.py's parser as a list
-            upload(argv[1:])
-    except Exception as error:
-        cause = user_error(error)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the arguments reach train.py's parser as a list
+        exit_on_user_error(upload, argv[1:])
 
 
 if __name__ == "__main__":

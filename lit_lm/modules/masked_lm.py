@@ -9,9 +9,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.models.layers.token_dropping import TokenImportance
 from lit_lm.models.transformer import max_input_length
-from lit_lm.modules.masking import IGNORE_INDEX, mask_tokens
+from lit_lm.modules.masking import IGNORE_INDEX, TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, split_rows
+from lit_lm.modules.pretraining import PretrainingModule, split_batch
 
 
 class MaskedLMModule(PretrainingModule):
@@ -53,10 +53,7 @@ class MaskedLMModule(PretrainingModule):
             config = TransformerConfig(**config)
         if isinstance(optimizer, dict):
             optimizer = OptimizerConfig(**optimizer)
-        if not 0.0 < mask_rate < 1.0:
-            raise ValueError(f"model.mask_rate must be in (0, 1), got {mask_rate}.")
-        if mask_token_fraction < 0 or random_token_fraction < 0 or mask_token_fraction + random_token_fraction > 1:
-            raise ValueError("model.mask_token_fraction and model.random_token_fraction must be >= 0 and sum to <= 1.")
+        TokenMasking.check_rates(mask_rate, mask_token_fraction, random_token_fraction)
         if config.sparse_prediction and config.sparse_prediction_rate is None:
             config = replace(config, sparse_prediction_rate=mask_rate)  # a fixed prediction count: static shapes
         pretrained = None
@@ -71,25 +68,13 @@ class MaskedLMModule(PretrainingModule):
                 f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
                 f"second (relative positions alone, with position_embedding: none, take any length)."
             )
-        if mask_token_id is None:
-            raise ValueError(
-                "the tokenizer has no mask token ([MASK] or <mask>), which masked-LM pretraining needs; use a BERT or "
-                "RoBERTa style tokenizer (data.tokenizer.special_tokens: bert or roberta)."
-            )
-        special = sorted(set(special_token_ids or [config.pad_token_id, mask_token_id]))
-        if not all(0 <= i < config.vocab_size for i in [*special, mask_token_id]):
-            raise ValueError(
-                f"special token ids {special} / mask id {mask_token_id} fall outside the vocabulary of "
-                f"{config.vocab_size}; the tokenizer and model.config.vocab_size disagree."
-            )
+        masking = TokenMasking(config, mask_rate, mask_token_fraction, random_token_fraction, mask_token_id,
+                               special_token_ids)
         self.save_resolved_hyperparameters(ignore=["init_from"], config=config)  # reloads without the folder
         self.config = config
         self.optimizer_config = optimizer
         self.model = pretrained if pretrained is not None else EncoderForMaskedLM(config)
-        self.register_buffer("special_ids", torch.tensor(special), persistent=False)
-        allowed = torch.ones(config.vocab_size, dtype=torch.bool)
-        allowed[self.special_ids] = False
-        self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
+        self.masking = masking
         self.token_importance = TokenImportance(config.vocab_size) if config.token_dropping_keep < 1 else None
         """Token dropping's running loss per token id (Hou et al. 2022); None without token dropping."""
         self.val_loss = MeanMetric()
@@ -102,18 +87,13 @@ class MaskedLMModule(PretrainingModule):
                               token_type_ids=token_type_ids, **extra)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
-        return mask_tokens(
-            input_ids, mask_rate=self.hparams.mask_rate, mask_token_id=self.hparams.mask_token_id,
-            special_token_ids=self.special_ids, replacement_ids=self.replacement_ids,
-            mask_token_fraction=self.hparams.mask_token_fraction,
-            random_token_fraction=self.hparams.random_token_fraction, generator=generator,
-        )
+        return self.masking(input_ids, generator)
 
     def kept_tokens(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """Token dropping's kept positions of a masked batch (masked and special tokens always), or None without it."""
         if self.token_importance is None:
             return None
-        return self.token_importance.keep(inputs, labels, self.special_ids, self.config.pad_token_id,
+        return self.token_importance.keep(inputs, labels, self.masking.special_ids, self.config.pad_token_id,
                                           self.config.token_dropping_keep)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -122,11 +102,7 @@ class MaskedLMModule(PretrainingModule):
         if (length := self.train_windows(inputs.shape[1])) is not None:  # sequence-length warmup
             # masked before the cut, so each token is chosen as it would be in the whole row; only the first window
             # of a row starts with its [CLS]: the others start mid-text, as rows packed across documents do
-            inputs, labels = split_rows(inputs, length), split_rows(labels, length)
-            types = None if types is None else split_rows(types, length)
-            if mask is not None:  # a window of padding alone attends to itself (its labels are all -100), not NaN
-                mask = split_rows(mask, length)
-                mask = torch.where(mask.any(dim=1, keepdim=True), mask, torch.ones_like(mask))
+            inputs, mask, labels, types = split_batch(length, inputs, mask, labels, types)
         out = self(inputs, mask, labels, types, keep=self.kept_tokens(inputs, labels))
         if self.token_importance is not None:
             self.token_importance.update(out.logits.detach(), out.labels)

@@ -33,6 +33,19 @@ def split_rows(tensor: torch.Tensor, length: int) -> torch.Tensor:
     return tensor.reshape(rows * (seq // length), length, *tensor.shape[2:])
 
 
+def split_batch(length: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                *per_token: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """An encoder's batch cut into windows of ``length`` (``split_rows`` on each tensor given, None left None): the
+    ids, the attention mask, then any other per-token tensors (labels, token types). A window of padding alone
+    attends to itself (its labels are all -100), so that no attention row is empty (NaN)."""
+    if attention_mask is not None:
+        attention_mask = split_rows(attention_mask, length)
+        attention_mask = torch.where(attention_mask.any(dim=1, keepdim=True), attention_mask,
+                                     torch.ones_like(attention_mask))
+    rest = [None if tensor is None else split_rows(tensor, length) for tensor in per_token]
+    return split_rows(input_ids, length), attention_mask, *rest
+
+
 def split_next_token_labels(labels: torch.Tensor, length: int) -> torch.Tensor:
     """A causal LM's labels [batch, seq] -> [batch * seq // length, length + 1]: each window's ids and the id after
     it, so that the last position of a window keeps the target it has in the whole row (the last window's is -100,

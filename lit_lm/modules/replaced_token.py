@@ -9,9 +9,9 @@ from torchmetrics.classification import BinaryAccuracy
 from lit_lm.models import TransformerConfig
 from lit_lm.models.replaced_token import EmbeddingSharing, GeneratorShape, ReplacedTokenDetector, ReplacedTokenOutput
 from lit_lm.models.transformer import max_input_length
-from lit_lm.modules.masking import mask_tokens
+from lit_lm.modules.masking import TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule
+from lit_lm.modules.pretraining import PretrainingModule, split_batch
 
 
 class ReplacedTokenDetectionModule(PretrainingModule):
@@ -65,44 +65,29 @@ class ReplacedTokenDetectionModule(PretrainingModule):
             config = TransformerConfig(**config)
         if isinstance(optimizer, dict):
             optimizer = OptimizerConfig(**optimizer)
-        if not 0.0 < mask_rate < 1.0:
-            raise ValueError(f"model.mask_rate must be in (0, 1), got {mask_rate}.")
-        if mask_token_fraction < 0 or random_token_fraction < 0 or mask_token_fraction + random_token_fraction > 1:
-            raise ValueError("model.mask_token_fraction and model.random_token_fraction must be >= 0 and sum to <= 1.")
+        TokenMasking.check_rates(mask_rate, mask_token_fraction, random_token_fraction)
         if config.sparse_prediction and config.sparse_prediction_rate is None:
             config = replace(config, sparse_prediction_rate=mask_rate)  # a fixed prediction count: static shapes
         if (limit := max_input_length(config)) is not None and seq_length > limit:
             raise ValueError(f"data.seq_length ({seq_length}) exceeds the {limit} tokens that "
                              f"model.config.max_position_embeddings ({config.max_position_embeddings}) allows; lower "
                              f"the first or raise the second.")
-        if mask_token_id is None:
-            raise ValueError("the tokenizer has no mask token ([MASK] or <mask>), which the generator needs; use a "
-                             "BERT or RoBERTa style tokenizer (data.tokenizer.special_tokens: bert or roberta).")
-        special = sorted(set(special_token_ids or [config.pad_token_id, mask_token_id]))
-        if not all(0 <= i < config.vocab_size for i in [*special, mask_token_id]):
-            raise ValueError(f"special token ids {special} / mask id {mask_token_id} fall outside the vocabulary of "
-                             f"{config.vocab_size}; the tokenizer and model.config.vocab_size disagree.")
+        masking = TokenMasking(config, mask_rate, mask_token_fraction, random_token_fraction, mask_token_id,
+                               special_token_ids)
         shape = GeneratorShape(generator_width_fraction, generator_num_layers, generator_num_heads)
         self.save_resolved_hyperparameters(config=config)
         self.config = config
         self.optimizer_config = optimizer
-        self.model = ReplacedTokenDetector(config, shape, embedding_sharing, discriminator_loss_weight, special)
-        self.register_buffer("special_ids", torch.tensor(special), persistent=False)
-        allowed = torch.ones(config.vocab_size, dtype=torch.bool)
-        allowed[self.special_ids] = False
-        self.register_buffer("replacement_ids", allowed.nonzero().squeeze(1), persistent=False)
+        self.model = ReplacedTokenDetector(config, shape, embedding_sharing, discriminator_loss_weight,
+                                           masking.special_ids.tolist())
+        self.masking = masking
         self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in
                                                ("loss", "generator_loss", "discriminator_loss")})
         self.val_acc = BinaryAccuracy()
         self._compile_if(compile)
 
     def _mask(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
-        return mask_tokens(
-            input_ids, mask_rate=self.hparams.mask_rate, mask_token_id=self.hparams.mask_token_id,
-            special_token_ids=self.special_ids, replacement_ids=self.replacement_ids,
-            mask_token_fraction=self.hparams.mask_token_fraction,
-            random_token_fraction=self.hparams.random_token_fraction, generator=generator,
-        )
+        return self.masking(input_ids, generator)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
                 mask_generator: torch.Generator | None = None) -> ReplacedTokenOutput:
@@ -112,7 +97,10 @@ class ReplacedTokenDetectionModule(PretrainingModule):
                               token_type_ids=token_type_ids)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        ids, mask, types = batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
+        if (length := self.train_windows(ids.shape[1])) is not None:  # sequence-length warmup: rows cut, then masked
+            ids, mask, types = split_batch(length, ids, mask, types)
+        out = self(ids, mask, types)
         self.log("train/generator_loss", out.generator_loss)
         self.log("train/discriminator_loss", out.discriminator_loss)
         return self.training_loss(out)

@@ -32,8 +32,8 @@ def test_a_few_steps_fit_a_fixed_batch():
 
 def test_replacement_ids_exclude_special_tokens():
     lm = module()
-    assert not torch.isin(lm.replacement_ids, torch.tensor([0, 1, 2, 3, 4])).any()
-    assert len(lm.replacement_ids) == 55
+    assert not torch.isin(lm.masking.replacement_ids, torch.tensor([0, 1, 2, 3, 4])).any()
+    assert len(lm.masking.replacement_ids) == 55
 
 
 @pytest.mark.parametrize("kw, match", [

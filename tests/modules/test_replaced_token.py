@@ -232,3 +232,24 @@ def test_the_suite_fine_tunes_the_discriminator_of_a_run(run, tmp_path):
                         tmp_path / "out", [*SMALL, "--trainer.max_epochs", "1"])
     assert "| bright | accuracy |" in results.markdown()
     assert 0.0 <= results.get("electra", "bright").score <= 1.0
+
+
+def test_a_sequence_length_warmup_trains_windows_of_the_rows_every_token_once(monkeypatch):
+    lm = module()
+    ids, seen = batch(rows=2), []
+    run_model = lm.run_model
+
+    def recording_run_model(**inputs):
+        seen.append(inputs)
+        return run_model(**inputs)
+
+    monkeypatch.setattr(lm, "run_model", recording_run_model)
+    lm.train_length = SEQ // 4  # what lit_lm.callbacks.SequenceLengthWarmup sets early in a run
+    monkeypatch.setattr(lm, "log", lambda *args, **kwargs: None)
+    loss = lm.training_step({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 0)
+    assert torch.isfinite(loss) and lm.windows_taken
+    assert torch.equal(seen[0]["input_ids"], ids.reshape(8, SEQ // 4))  # each row cut in order, nothing dropped
+    assert seen[0]["attention_mask"].shape == (8, SEQ // 4)
+    lm.train_length = None
+    lm.training_step({"input_ids": ids}, 1)
+    assert torch.equal(seen[1]["input_ids"], ids)
