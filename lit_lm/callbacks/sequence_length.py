@@ -78,7 +78,7 @@ class SequenceLengthWarmup(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "train_windows"):  # a LightningModule that is not a lit-lm pretraining module
             raise ValueError(f"SequenceLengthWarmup needs a lit-lm pretraining module (MaskedLMModule, "
-                             f"CausalLMModule), got {type(pl_module).__name__}.")
+                             f"CausalLMModule, ReplacedTokenDetectionModule), got {type(pl_module).__name__}.")
         training_progress(trainer, self.key, "SequenceLengthWarmup")  # fail now if there is no limit to key it to
         full = getattr(pl_module, "hparams", {}).get("seq_length")
         if isinstance(full, int):
