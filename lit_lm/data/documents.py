@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from array import array
 from collections import deque
 from collections.abc import Iterator
@@ -172,6 +173,21 @@ class DocumentFile:
                 start = stop
 
 
+def _worker_pool(num_proc: int):
+    """A pool of ``num_proc`` processes for ``clean_chunk``. Forked (fast) when this process runs no other thread;
+    otherwise started by a fresh fork server: a child forked while another thread holds a lock inherits it locked
+    (under pytest-xdist a thread blocks reading stdin, which every forked child closes: it hung forever)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        context = multiprocessing.get_context("fork")
+    elif "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # imported once by the server, not by every worker
+    else:
+        context = multiprocessing.get_context("spawn")
+    return context.Pool(num_proc, initializer=_plain_signals)
+
+
 def _plain_signals() -> None:
     """A pool worker's signals: SIGTERM ends it, whatever handler its parent had when it forked (Lightning's
     notifier only records the signal, so Pool.terminate waited forever for a worker stuck on a lock it inherited
@@ -189,9 +205,8 @@ def clean_and_deduplicate(recipe: Recipe, workdir: Path, num_proc: int, progress
     work = partial(clean_chunk, text_fields=text_fields, split=recipe.split, cleaning=recipe.cleaning,
                    dedup=recipe.dedup)
     docs, counters, dedup = DocumentFile(workdir / "documents.txt"), Counters(), Deduplicator(recipe.dedup, workdir)
+    pool = _worker_pool(num_proc) if num_proc > 1 else None  # before the progress bar starts its monitor thread
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="clean+dedup", disable=not progress)
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(num_proc, initializer=_plain_signals) if num_proc > 1 else None
     try:
         pending: deque = deque()
 
