@@ -13,7 +13,7 @@ from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models import IGNORE_INDEX
 from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, split_next_token_labels, split_rows
+from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_next_token_labels, split_rows
 
 # GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
 GPT2_SMALL = TransformerConfig(
@@ -61,10 +61,7 @@ class CausalLMModule(PretrainingModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(config, dict):  # as stored in checkpoints written through the CLI
-            config = TransformerConfig(**config)
-        if isinstance(optimizer, dict):
-            optimizer = OptimizerConfig(**optimizer)
+        config, optimizer = from_saved(config, optimizer)
         source = None
         if init_from is not None:
             source = load_decoder(init_from)

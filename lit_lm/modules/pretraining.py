@@ -57,6 +57,14 @@ def split_next_token_labels(labels: torch.Tensor, length: int) -> torch.Tensor:
     return padded.unfold(1, length + 1, length).reshape(rows * (seq // length), length + 1)
 
 
+def from_saved(config: TransformerConfig | dict, optimizer: OptimizerConfig | dict
+               ) -> tuple[TransformerConfig, OptimizerConfig]:
+    """A module's ``config`` and ``optimizer`` arguments as given, or rebuilt from the dicts that checkpoints
+    written through the CLI store."""
+    return (TransformerConfig(**config) if isinstance(config, dict) else config,
+            OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer)
+
+
 class PretrainingModule(L.LightningModule):
     """Base of ``MaskedLMModule``, ``CausalLMModule`` and ``SequenceClassificationModule``; a subclass sets
     ``self.model`` and then calls ``self._compile_if(compile)``."""

@@ -11,7 +11,7 @@ from lit_lm.models.replaced_token import EmbeddingSharing, GeneratorShape, Repla
 from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.masking import TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, split_batch
+from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_batch
 
 
 class ReplacedTokenDetectionModule(PretrainingModule):
@@ -61,10 +61,7 @@ class ReplacedTokenDetectionModule(PretrainingModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(config, dict):  # as stored in checkpoints written through the CLI
-            config = TransformerConfig(**config)
-        if isinstance(optimizer, dict):
-            optimizer = OptimizerConfig(**optimizer)
+        config, optimizer = from_saved(config, optimizer)
         TokenMasking.check_rates(mask_rate, mask_token_fraction, random_token_fraction)
         if config.sparse_prediction and config.sparse_prediction_rate is None:
             config = replace(config, sparse_prediction_rate=mask_rate)  # a fixed prediction count: static shapes

@@ -87,6 +87,16 @@ def new_url() -> str:
     return f"s3://lit-lm-test/{uuid.uuid4().hex[:8]}/store"
 
 
+@pytest.fixture
+def uploaded(server, built) -> tuple[str, dict]:
+    """A new URL on the server holding the built store, and the storage options that reach the server."""
+    endpoint, _ = server
+    folder, identity, _ = built
+    url, options = new_url(), {"endpoint_url": endpoint}
+    upload_store(folder, url, identity, options, progress=False)
+    return url, options
+
+
 def key_of(url: str) -> str:
     return url.removeprefix("s3://")
 
@@ -147,11 +157,8 @@ def test_a_run_streams_its_store_from_s3_and_resumes_with_the_rows_not_yet_train
     assert [line for line in requests.gets(key_of(url)) if "/shard-" in line] == shards
 
 
-def test_a_half_uploaded_store_is_never_read_and_uploading_again_finishes_it(server, built, tmp_path):
-    endpoint, _ = server
-    folder, identity, settings = built
-    url, options = new_url(), {"endpoint_url": endpoint}
-    upload_store(folder, url, identity, options, progress=False)
+def test_a_half_uploaded_store_is_never_read_and_uploading_again_finishes_it(uploaded, built, tmp_path):
+    (url, options), (folder, identity, settings) = uploaded, built
     fs, root = filesystem(url, options)
     fs.rm(f"{root}/{MANIFEST}")  # an upload stopped before its last step
     with pytest.raises(RemoteStoreError, match="holds no manifest.json: no store was uploaded there, or its upload"):
@@ -190,20 +197,16 @@ def _fetch(url, cache_dir, settings, options) -> int:
     return fetch_store(url, cache_dir, settings, options, progress=False)[1]["downloaded_files"]
 
 
-def test_ranks_sharing_a_read_cache_download_the_store_once(server, built, tmp_path):
-    endpoint, _ = server
-    folder, identity, settings = built
-    url, options = new_url(), {"endpoint_url": endpoint}
-    upload_store(folder, url, identity, options, progress=False)
-    with multiprocessing.get_context("fork").Pool(2) as ranks:  # two ranks of a node start at once
+def test_ranks_sharing_a_read_cache_download_the_store_once(uploaded, built, tmp_path):
+    (url, options), (_, _, settings) = uploaded, built
+    # fresh processes, as a node's ranks are (a fork beside pytest-xdist's threads could inherit a held lock)
+    with multiprocessing.get_context("spawn").Pool(2) as ranks:  # two ranks of a node start at once
         downloaded = ranks.starmap(_fetch, [(url, tmp_path / "cache", settings, options)] * 2)
     assert sorted(downloaded) == [0, 8]  # one downloaded under the lock, the other found every file checked
 
-def test_a_store_changed_after_its_upload_is_refused(server, built, tmp_path):
-    endpoint, _ = server
-    folder, identity, settings = built
-    url, options = new_url(), {"endpoint_url": endpoint}
-    upload_store(folder, url, identity, options, progress=False)
+
+def test_a_store_changed_after_its_upload_is_refused(uploaded, built, tmp_path):
+    (url, options), (_, _, settings) = uploaded, built
     fs, root = filesystem(url, options)
     original = fs.cat_file(f"{root}/train/shard-00000.lengths")
     fs.pipe_file(f"{root}/train/shard-00000.lengths", bytes(len(original)))  # same size, other bytes
@@ -213,11 +216,8 @@ def test_a_store_changed_after_its_upload_is_refused(server, built, tmp_path):
     assert not (cache / "train" / "shard-00000.lengths").exists() and list(cache.rglob(".tmp-*")) == []
 
 
-def test_another_store_at_the_url_is_never_overwritten(server, built, tmp_path, corpus):
-    endpoint, _ = server
-    folder, identity, _ = built
-    url, options = new_url(), {"endpoint_url": endpoint}
-    upload_store(folder, url, identity, options, progress=False)
+def test_another_store_at_the_url_is_never_overwritten(uploaded, built, tmp_path, corpus):
+    (url, options), (folder, identity, _) = uploaded, built
     assert upload_store(folder, url, identity, options, progress=False)["already_there"] is True
     other = Recipe.plan([str(corpus)], split="paragraph", tokenizer=TokenizerConfig(vocab_size=300), seq_length=16)
     other_folder, _ = other.build(tmp_path / "cache", progress=False)
