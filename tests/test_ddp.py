@@ -141,3 +141,22 @@ def test_ranks_end_with_the_same_weights_and_the_loss_curve_matches_one_process(
     assert one[0] - one[-1] > 3 * LOSS_TOLERANCE  # the loss falls, by more than the tolerance
     half = len(one) // 2
     assert abs(ddp[half:].mean() - one[half:].mean()) < LOSS_TOLERANCE, (ddp.round(3), one.round(3))
+
+
+@pytest.mark.slow
+def test_sophia_keeps_the_ranks_weights_equal(tmp_path):
+    """Sophia's curvature estimate is summed over the ranks like the gradient: each rank estimates from its own rows,
+    so without it the ranks would step differently and their weights drift apart (DDP never re-syncs weights)."""
+    pytest.importorskip("pytorch_optimizer")
+    corpus = write_corpus(tmp_path / "corpus", n_files=4, paragraphs=20)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(ROOT / "train.py"),
+               *arguments(corpus, tmp_path / "cache", tmp_path / "ddp", PER_DEVICE,
+                          "--config", str(ROOT / "configs" / "trainer" / "ddp.yaml")),
+               "--trainer.devices", str(DEVICES), "--trainer.max_steps", "6",
+               "--model.init_args.optimizer.name", "sophia", "--model.init_args.optimizer.hessian_update_period", "2"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in range(DEVICES)]
+    assert [len({s["step"] for s in r["steps"]}) for r in ranks] == [6, 6]
+    assert ranks[0]["weights"] == ranks[1]["weights"]

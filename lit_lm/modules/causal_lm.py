@@ -12,6 +12,7 @@ from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models import IGNORE_INDEX
 from lit_lm.models.transformer import max_input_length
+from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_next_token_labels, split_rows
 
@@ -133,6 +134,11 @@ class CausalLMModule(PretrainingModule):
             input_ids, labels = split_rows(input_ids, length), split_next_token_labels(labels, length)
             mask = None if mask is None else split_rows(mask, length)  # right padding stays right padding
         return self.training_loss(self(input_ids, mask, labels))
+
+    def sampled_losses(self, out) -> list[SampledLoss]:
+        """Next-token cross-entropy at sampled next tokens (Sophia): the logit at t against labels[t + 1]."""
+        targets = out.labels[:, 1:]
+        return [sampled_cross_entropy(out.logits[:, :targets.shape[1]], targets)]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         labels = next_token_labels(batch)

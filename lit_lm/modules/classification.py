@@ -17,6 +17,7 @@ from lit_lm.checkpoint import config_from_dict
 from lit_lm.data.tokenizer import SpecialTokens, TokenizerError, load_tokenizer
 from lit_lm.models import TransformerConfig
 from lit_lm.models.classifier import ClassifierOutput, SequenceClassifier
+from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy, sampled_squared_error
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule
 
@@ -210,6 +211,13 @@ class SequenceClassificationModule(PretrainingModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # labels checked on the first batch (and every validation batch): no device sync on every training step
         return self.training_loss(self._run(batch, check_labels=batch_idx == 0))
+
+    def sampled_losses(self, out: ClassifierOutput) -> list[SampledLoss]:
+        """The classification loss at sampled labels (Sophia): a class from the softmax, or with one output a score
+        from N(prediction, 1/2), whose negative log-likelihood the mean-squared error is."""
+        if self.hparams.num_labels == 1:
+            return [sampled_squared_error(out.logits[:, 0])]
+        return [sampled_cross_entropy(out.logits, None, "classes")]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._run(batch)

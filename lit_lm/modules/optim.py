@@ -25,11 +25,12 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
-OptimizerName = Literal["adamw", "adafactor", "radam", "nadam", "muon", "lamb", "lion", "shampoo", "soap"]
+OptimizerName = Literal["adamw", "adafactor", "radam", "nadam", "muon", "lamb", "lion", "shampoo", "soap", "sophia"]
 # the settings beside lr and weight_decay that each optimizer takes (muon: betas, eps and fused go to its AdamW part)
 TAKES = {"adamw": ("betas", "eps", "fused"), "adafactor": (), "radam": ("betas", "eps"), "nadam": ("betas", "eps"),
          "muon": ("betas", "eps", "fused"), "lamb": ("betas", "eps"), "lion": ("betas",), "shampoo": ("betas",),
-         "soap": ("betas", "eps")}
+         "soap": ("betas", "eps"), "sophia": ("betas", "eps", "rho", "hessian_update_period")}
+FROM_PYTORCH_OPTIMIZER = ("lamb", "lion", "shampoo", "soap", "sophia")
 EXTRA_HINT = "pip install 'lit-lm[optimizers]' (or pip install pytorch-optimizer)"
 
 
@@ -42,21 +43,28 @@ class OptimizerConfig:
     """adamw (Loshchilov & Hutter 2019); from torch: adafactor (Shazeer & Stern 2018), radam (Liu et al. 2020),
     nadam (Dozat 2016), muon (Jordan et al. 2024: the hidden layers' weight matrices; AdamW for the rest); from the
     ``optimizers`` extra (pytorch-optimizer): lamb (You et al. 2020), lion (Chen et al. 2023), shampoo (Anil et al.
-    2020's scalable Shampoo), soap (Vyas et al. 2024). Sophia is left out: its Hessian estimate needs a backward
-    with ``create_graph=True``, which Lightning's automatic optimization does not run."""
+    2020's scalable Shampoo), soap (Vyas et al. 2024), sophia (Liu et al. 2023: Sophia-G, pytorch-optimizer's
+    SophiaH step on the Gauss-Newton-Bartlett curvature estimate, one more backward every hessian_update_period
+    steps; lr bounds each coordinate's step, as Lion's)."""
     lr: float = 1e-3
     """Peak learning rate."""
     betas: tuple[float, float] = (0.9, 0.98)
     """Adam's beta1 and beta2 (and the momentum betas of radam, nadam, lamb, lion, shampoo and soap; muon's AdamW
     part). adafactor takes none: leave the default."""
     eps: float = 1e-6
-    """Adam's epsilon (radam, nadam, lamb, soap, muon's AdamW part); adafactor, lion and shampoo take none."""
+    """Adam's epsilon (radam, nadam, lamb, soap, muon's AdamW part); sophia's floor under the curvature estimate;
+    adafactor, lion and shampoo take none."""
     weight_decay: float = 0.01
     """Decoupled weight decay on weight matrices (not on biases, norms or embeddings)."""
     fused: bool | None = None
     """torch's fused AdamW kernel (one kernel for every parameter; ~5x faster steps than the default on this project's
     CPU), for adamw and muon's AdamW part. None uses it wherever torch has it for the parameters' device and the
     trainer allows it. The other optimizers use torch's foreach kernels where torch has them (on GPUs)."""
+    rho: float = 0.04
+    """sophia: the scale of the curvature estimate in its step ``lr * clip(m / max(rho * h, eps), 1)``; smaller
+    clips fewer coordinates (Liu et al. 2023: 0.03 to 0.05)."""
+    hessian_update_period: int = 10
+    """sophia: optimizer steps per curvature estimate (the paper's k; each costs one more backward)."""
 
     def __post_init__(self) -> None:
         if self.name not in TAKES:
@@ -67,8 +75,12 @@ class OptimizerConfig:
             raise ValueError(f"model.optimizer.betas must lie in [0, 1), got {self.betas}.")
         if self.weight_decay < 0 or self.eps <= 0:
             raise ValueError("model.optimizer.weight_decay must be >= 0 and model.optimizer.eps > 0.")
+        if self.rho <= 0 or self.hessian_update_period < 1:
+            raise ValueError(f"model.optimizer.rho must be positive and model.optimizer.hessian_update_period at "
+                             f"least 1; got {self.rho} and {self.hessian_update_period}.")
         defaults = {field.name: field.default for field in fields(self)}
-        changed = [key for key in ("betas", "eps", "fused") if key not in TAKES[self.name]
+        changed = [key for key in ("betas", "eps", "fused", "rho", "hessian_update_period")
+                   if key not in TAKES[self.name]
                    and (tuple(self.betas) if key == "betas" else getattr(self, key)) != defaults[key]]
         if changed:
             raise ValueError(f"model.optimizer.name={self.name} takes no {' or '.join(changed)}: leave "
@@ -100,8 +112,14 @@ class OptimizerConfig:
             # Adam-like step sizes (RMSprop grafting) before and between the preconditioner's updates
             return package.ScalableShampoo(groups, lr=self.lr, betas=betas, decoupled_weight_decay=True,
                                            graft_type=3, preconditioning_compute_steps=20)  # 3: RMSPROP
-        # soap: Vyas et al. 2024, "SOAP: improving and stabilizing Shampoo using Adam"
-        return package.SOAP(groups, lr=self.lr, betas=betas, eps=self.eps)
+        if self.name == "soap":  # Vyas et al. 2024, "SOAP: improving and stabilizing Shampoo using Adam"
+            return package.SOAP(groups, lr=self.lr, betas=betas, eps=self.eps)
+        # sophia: Liu et al. 2023, "Sophia: a scalable stochastic second-order optimizer for language model
+        # pre-training"; its Gauss-Newton-Bartlett estimate comes from the module (lit_lm/modules/sophia.py)
+        from lit_lm.modules.sophia import SophiaG
+
+        return SophiaG(groups, lr=self.lr, betas=betas, rho=self.rho, update_period=self.hessian_update_period,
+                       eps=self.eps)
 
     def _adamw_settings(self) -> dict:
         return dict(lr=self.lr, betas=tuple(self.betas), eps=self.eps)

@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
+from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.precision import MixedPrecision
 from lit_lm.runs import ResumeError, differences, flatten
@@ -109,12 +110,31 @@ class PretrainingModule(L.LightningModule):
         return self.model(**inputs)
 
     def training_loss(self, out: LMOutput) -> torch.Tensor:
-        """Logs ``train/loss`` and returns what to minimise."""
+        """Logs ``train/loss`` and returns what to minimise; hands Sophia its curvature sample when it wants one."""
+        self.sample_curvature(out)
         self.log("train/loss", out.loss, prog_bar=True)
         if out.aux_loss is not None:  # mixture of experts: the load-balancing loss trains too
             self.log("train/aux_loss", out.aux_loss)
             return out.loss + out.aux_loss
         return out.loss
+
+    def sampled_losses(self, out) -> list[SampledLoss]:
+        """The training loss's terms at targets drawn from the model's own predictions (Sophia's curvature estimate,
+        ``lit_lm.modules.curvature``): here a masked LM's cross-entropy over its labelled positions; a module with
+        another loss overrides it. The mixture-of-experts term is no likelihood and has none."""
+        return [sampled_cross_entropy(out.logits, out.labels)]
+
+    def sample_curvature(self, out) -> None:
+        """On every micro-batch of a step that refreshes Sophia's curvature estimate, hand it ``sampled_losses``
+        (one more backward each); a no-op for every other optimizer and step."""
+        trainer = self._trainer
+        optimizer = trainer.optimizers[0] if trainer is not None and trainer.optimizers else None
+        if not getattr(optimizer, "curvature_due", False):
+            return
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: sampled gradients scaled as training's
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        for sampled in self.sampled_losses(out):
+            optimizer.add_sampled_loss(sampled, scale)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_config.build(self.model, fused_allowed=self._fused_optimizer_allowed())

@@ -9,6 +9,7 @@ from torchmetrics.classification import BinaryAccuracy
 from lit_lm.models import TransformerConfig
 from lit_lm.models.replaced_token import EmbeddingSharing, GeneratorShape, ReplacedTokenDetector, ReplacedTokenOutput
 from lit_lm.models.transformer import max_input_length
+from lit_lm.modules.curvature import SampledLoss, sampled_binary_cross_entropy, sampled_cross_entropy
 from lit_lm.modules.masking import TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_batch
@@ -101,6 +102,13 @@ class ReplacedTokenDetectionModule(PretrainingModule):
         self.log("train/generator_loss", out.generator_loss)
         self.log("train/discriminator_loss", out.discriminator_loss)
         return self.training_loss(out)
+
+    def sampled_losses(self, out: ReplacedTokenOutput) -> list[SampledLoss]:
+        """Both terms at sampled targets (Sophia): the generator's tokens, the discriminator's replaced-or-not,
+        weighted as in the loss."""
+        return [sampled_cross_entropy(out.generator_logits, out.generator_labels, "generator"),
+                sampled_binary_cross_entropy(out.discriminator_logits, out.token_mask, "discriminator",
+                                             self.model.discriminator_loss_weight)]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         seed = self.hparams.val_mask_seed + batch_idx

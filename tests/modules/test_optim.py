@@ -8,12 +8,12 @@ import yaml
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.modules.muon_adamw import MuonAdamW
-from lit_lm.modules.optim import TAKES, OptimizerConfig, decay_param_groups
+from lit_lm.modules.optim import FROM_PYTORCH_OPTIMIZER, TAKES, OptimizerConfig, decay_param_groups
 from tests.models.helpers import tiny
 
 # a learning rate at which each optimizer trains the tiny quickstart (Lion's sign update wants ~10x less than Adam's)
 LR = {"adamw": 2e-3, "adafactor": 1e-1, "radam": 1e-2, "nadam": 2e-3, "muon": 2e-3, "lamb": 3e-2, "lion": 1e-3,
-      "shampoo": 2e-3, "soap": 3e-3}
+      "shampoo": 2e-3, "soap": 3e-3, "sophia": 2e-3}
 STEPS = 16
 
 
@@ -126,7 +126,7 @@ def test_muon_saves_and_loads_both_parts_state():
 def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypatch):
     """A few steps through train.py, learning-rate schedule and gradient clipping included: the loss falls by a
     margin that an optimizer that does not step (or steps at random) does not reach."""
-    if name in ("lamb", "lion", "shampoo", "soap"):
+    if name in FROM_PYTORCH_OPTIMIZER:
         pytest.importorskip("pytorch_optimizer")
     from lit_lm.cli import main
     from tests.conftest import ROOT
