@@ -265,3 +265,24 @@ def test_fine_tuning_runs_under_mixed_precision(tokenizer_file, precision, metri
     assert run.precision == precision
     logged = run.callback_metrics
     assert math.isfinite(logged["train/loss"].item()) and math.isfinite(logged["val/score"].item())
+
+
+@pytest.mark.parametrize("num_labels", [2, 1])
+def test_sophia_fine_tunes_a_classifier_and_a_regressor(tokenizer_file, num_labels):
+    """Sophia's curvature from sampled labels (a class from the softmax; a score from N(prediction, 1/2)) on every
+    step: the separable task is learnt."""
+    pytest.importorskip("pytorch_optimizer")
+    metric = "accuracy" if num_labels == 2 else "pearson_spearman"
+    module = scratch(tokenizer_file, metric=metric, num_labels=num_labels,
+                     optimizer={"name": "sophia", "lr": 3e-3, "hessian_update_period": 1})
+    regression = num_labels == 1
+    train, val = DataLoader(separable_rows(64, 100, 0, regression), batch_size=8, shuffle=True), \
+        DataLoader(separable_rows(24, 100, 1, regression), batch_size=8)
+    run = trainer(max_steps=24, num_sanity_val_steps=0, check_val_every_n_epoch=1)
+    [before] = trainer().validate(module, val, verbose=False)
+    run.fit(module, train, val)
+    [after] = trainer().validate(module, val, verbose=False)
+    assert after["val/loss"] < 0.5 * before["val/loss"], (before, after)
+    assert after["val/score"] > 0.9
+    optimizer = run.optimizers[0]
+    assert all(float(optimizer.state[p]["hessian_moment"].sum()) > 0 for p in module.model.head.parameters())

@@ -1,4 +1,5 @@
 import builtins
+import math
 import statistics
 import sys
 
@@ -143,6 +144,32 @@ def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypat
     losses = [loss for _, loss in train_losses(next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).parent)]
     first, last = statistics.mean(losses[:3]), statistics.mean(losses[-3:])
     assert last < first - 0.3, losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("name", TAKES)
+def test_every_optimizer_steps_with_clipping_under_mixed_precision(name, precision, corpus, tmp_path, monkeypatch):
+    """The README's and docs/training.md's table: four steps through train.py with gradient clipping under each mixed
+    precision (16-mixed: fp16 with the gradient scaler), every step taken, every loss finite, the weights moved."""
+    if name in FROM_PYTORCH_OPTIMIZER:
+        pytest.importorskip("pytorch_optimizer")
+    from lit_lm.cli import main
+    from tests.conftest import ROOT
+    from tests.test_recipes import TINY, train_losses
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
+                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "4",
+                "--trainer.precision", precision, "--trainer.gradient_clip_val", "1.0",
+                "--trainer.limit_val_batches", "0", "--trainer.logger", "lit_lm.loggers.CSVLogger",
+                "--model.init_args.optimizer.name", name, "--model.init_args.optimizer.lr", str(LR[name])])
+    assert cli.trainer.global_step == 4 and cli.trainer.precision == precision
+    losses = [loss for _, loss in train_losses(next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).parent)]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    # at least one step was not skipped by fp16's scaler: the optimizer's state exists
+    assert any(state for state in cli.trainer.optimizers[0].state.values())
 
 
 def test_every_variant_of_the_optimizer_ablation_builds_its_optimizer():
