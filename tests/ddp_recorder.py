@@ -39,9 +39,10 @@ class RowRecorder(Callback):
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self.steps: list[dict] = []
+        self.random_state: str | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 0:  # the random state the first masks are drawn from
+        if self.random_state is None:  # the random state the first masks are drawn from (a resume's too)
             self.random_state = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_lm.runs import ResumeError
@@ -57,3 +58,23 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict) -> None:
+        """A checkpoint of a run that stopped before its data ran out (a budget, ``max_steps``) records the epoch as
+        under way, as a save from inside the epoch does. Lightning counts an epoch as done whenever its loop ends, so
+        a resume with a larger ``max_steps`` or ``max_time`` would otherwise train nothing ("max_epochs=1 reached")
+        though rows of the epoch remain; it now goes on with them."""
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if trainer.state.fn == TrainerFn.FITTING and "loops" in checkpoint \
+                and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            reopen_epoch(checkpoint)
+
+
+def reopen_epoch(checkpoint: dict) -> None:
+    """Mark the checkpoint's last epoch as started but not processed nor completed (``epoch`` the completed
+    count), as Lightning writes them in a save from inside the epoch; a checkpoint from inside one is unchanged."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+    for counts in (progress["total"], progress["current"]):
+        for key in ("processed", "completed"):
+            counts[key] = min(counts[key], max(counts["started"] - 1, 0))
+    checkpoint["epoch"] = progress["current"]["completed"]

@@ -214,8 +214,12 @@ class PretrainingDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         if self.trainer is None or self._sampler is None:
             return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches trained this epoch
-        return {"epoch": self.trainer.current_epoch, "position": self._sampler.position_after(done), "batches": done,
+        loop = self.trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.processed  # batches trained this epoch
+        # the epoch those batches belong to: the one last started (current_epoch is already the next one once the
+        # epoch's loop has ended, though a budget or max_steps may have ended it before its rows did)
+        epoch = max(loop.epoch_progress.current.started - 1, 0)
+        return {"epoch": epoch, "position": self._sampler.position_after(done), "batches": done,
                 "rows": len(self.train_store), "seed": self.seed, "settings": self.resume_settings()}
 
     def resume_differences(self, state: dict) -> list[str]:

@@ -57,3 +57,65 @@ def test_a_fixed_folder_with_another_runs_checkpoints_is_refused_unless_resuming
         fit(3)  # a fresh run into the same folder
     assert (folder / "last.ckpt").read_bytes() == first  # the refusal saved nothing over the first run
     assert fit(5, ckpt_path=str(folder / "last.ckpt")).global_step == 5  # resuming it is allowed
+
+
+# ---- through train.py: a run that stopped at its step limit goes on when resumed with a larger one ----
+def decoder_run(corpus, record, max_steps: int, *extra: str):
+    """The decoder quickstart at tiny shapes, deterministic in float32 and at a constant learning rate (no schedule
+    that depends on max_steps), recording the rows it trains (tests/ddp_recorder.py)."""
+    from lit_lm.cli import main
+    from tests.conftest import ROOT
+
+    return main(["fit", "--config", str(ROOT / "configs" / "quickstart-decoder.yaml"),
+                 "--data.init_args.paths", f"[{corpus}]", "--data.init_args.tokenizer.vocab_size", "300",
+                 "--data.init_args.seq_length", "32", "--data.init_args.batch_size", "4",
+                 "--data.init_args.split", "paragraph", "--data.init_args.num_workers", "0",
+                 "--data.init_args.progress", "false", "--model.init_args.config.hidden_size", "32",
+                 "--model.init_args.config.num_layers", "1", "--model.init_args.config.num_heads", "2",
+                 "--model.init_args.config.intermediate_size", "64", "--trainer.precision", "32-true",
+                 "--trainer.deterministic", "true", "--trainer.limit_val_batches", "1",
+                 "--trainer.val_check_interval", "6", "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false", "--trainer.logger", "lit_lm.loggers.CSVLogger",
+                 "--trainer.callbacks.OneCycleLR=null", "--trainer.callbacks.TextSamples.every_n_steps=1000",
+                 "--trainer.callbacks+=tests.ddp_recorder.RowRecorder", "--trainer.callbacks.init_args.folder",
+                 str(record), "--trainer.max_steps", str(max_steps), *extra])
+
+
+def recorded_rows(record) -> list[str]:
+    import json
+
+    if not (record / "rank0.json").exists():  # a run with nothing left to train never starts training
+        return []
+    return [row for step in json.loads((record / "rank0.json").read_text())["steps"] for row in step["rows"]]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_at_max_steps_resumes_with_a_larger_one_and_ends_as_one_uninterrupted_run(
+        tmp_path, monkeypatch):
+    """4 steps, then --ckpt_path last with max_steps 8 (4 more), then again with 8 (nothing left to do), then with
+    a limit beyond the epoch (to its end), then beyond it again (the epoch is over: nothing): the rows trained are
+    the uninterrupted epoch's, in its order, each once, and the final weights are its weights."""
+    import sys
+
+    from lit_lm.checkpoint import Checkpoint
+    from tests.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.chdir(tmp_path / "corpus")
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "whole").mkdir()
+    monkeypatch.chdir(tmp_path / "resumed")
+    rows, steps = [], []
+    for i, max_steps in enumerate([4, 8, 8, 10_000, 20_000]):
+        cli = decoder_run(corpus, tmp_path / f"record{i}", max_steps, *(["--ckpt_path", "last"] if i else []))
+        steps.append(cli.trainer.global_step)
+        rows += recorded_rows(tmp_path / f"record{i}")
+    monkeypatch.chdir(tmp_path / "whole")
+    whole = decoder_run(corpus, tmp_path / "record-whole", 10_000)
+    assert steps[:3] == [4, 8, 8] and steps[3] == steps[4] == whole.trainer.global_step > 8
+    assert rows == recorded_rows(tmp_path / "record-whole")  # the epoch's rows, each once, in the same order
+    resumed = Checkpoint.read(tmp_path / "resumed" / "runs" / "quickstart-decoder").model().state_dict()
+    reference = Checkpoint.read(tmp_path / "whole" / "runs" / "quickstart-decoder").model().state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0)
