@@ -137,6 +137,12 @@ class PretrainingModule(L.LightningModule):
             optimizer.add_sampled_loss(sampled, scale)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
+        if self.optimizer_config.name == "sophia" and ("FSDP" in strategy or "DeepSpeed" in strategy):
+            raise ValueError(f"model.optimizer.name=sophia runs on one device or under DDP, not under {strategy}: its "
+                             f"curvature estimate takes gradients of the model's own parameters, which {strategy} "
+                             f"shards or hands to an optimizer of its own. Train with configs/trainer/ddp.yaml, or "
+                             f"pick another optimizer.")
         return self.optimizer_config.build(self.model, fused_allowed=self._fused_optimizer_allowed())
 
     def _fused_optimizer_allowed(self) -> bool:

@@ -12,6 +12,7 @@ pytest.importorskip("pytorch_optimizer")
 from lit_lm.modules.curvature import SampledLoss  # noqa: E402
 from lit_lm.modules.pretraining import PretrainingModule  # noqa: E402
 from lit_lm.modules.sophia import SophiaG  # noqa: E402
+from tests.test_recipes import larger_corpus  # noqa: E402,F401  (a fixture the runs below use)
 
 
 def quadratic_loss(param: torch.Tensor, x: torch.Tensor) -> SampledLoss:
@@ -143,4 +144,21 @@ def test_every_objective_samples_curvature_on_every_micro_batch_of_every_kth_ste
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
-from tests.test_recipes import larger_corpus  # noqa: E402,F401  (the fixture)
+
+
+
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_sophia_under_a_sharding_strategy_is_one_clear_error(strategy):
+    """FSDP shards the parameters and DeepSpeed steps them with an optimizer of its own: neither gives the curvature
+    estimate the model's own parameters, so Sophia refuses them rather than estimating nonsense."""
+    import types
+
+    from lit_lm.modules import MaskedLMModule
+    from lit_lm.modules.optim import OptimizerConfig
+    from tests.models.helpers import tiny
+
+    module = MaskedLMModule(tiny(vocab_size=40), OptimizerConfig(name="sophia"), seq_length=8,
+                            special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4)
+    module._trainer = types.SimpleNamespace(strategy=type(strategy, (), {})())
+    with pytest.raises(ValueError, match=f"sophia runs on one device or under DDP, not under {strategy}"):
+        module.configure_optimizers()
