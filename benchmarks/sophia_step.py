@@ -77,7 +77,8 @@ def main() -> None:
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     mean_sophia = ((args.period - 1) * ms["sophia_plain"] + ms["sophia_estimating"]) / args.period
     n_params = sum(p.numel() for p in models["adamw"].parameters())
-    print(f"training step, {n_params / 1e6:.1f}M parameters, batch {args.batch}x{args.seq}: AdamW {ms['adamw']:.0f} ms, "
+    print(f"training step, {n_params / 1e6:.1f}M parameters, batch {args.batch}x{args.seq}: "
+          f"AdamW {ms['adamw']:.0f} ms, "
           f"Sophia plain {ms['sophia_plain']:.0f} ms, Sophia estimating {ms['sophia_estimating']:.0f} ms; "
           f"Sophia's mean at k={args.period}: {mean_sophia:.0f} ms ({mean_sophia / ms['adamw']:.2f}x AdamW)")
     print(json.dumps({"benchmark": "sophia_step", "params": n_params, "batch": [args.batch, args.seq],

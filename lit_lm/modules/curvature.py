@@ -98,7 +98,8 @@ class GaussNewtonBartlett:
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             for name in names:  # the same names in the same order on every rank (a module's terms are fixed)
-                flat = torch.cat([t.flatten().float() for t in self.sums[name]] + [self.counts[name].reshape(1).float()])
+                flat = torch.cat([t.flatten().float() for t in self.sums[name]]
+                                 + [self.counts[name].reshape(1).float()])
                 torch.distributed.all_reduce(flat)
                 self.counts[name] = flat[-1]
                 pieces = flat[:-1].split([t.numel() for t in self.sums[name]])

@@ -110,9 +110,9 @@ TERMS = {"recipes/crammed-bert.yaml": ["lm"], "recipes/crammed-gpt.yaml": ["lm"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, precision", [("recipes/crammed-bert.yaml", "32-true"), ("recipes/crammed-gpt.yaml", "32-true"),
-                                               ("recipes/crammed-electra.yaml", "32-true"), ("quickstart.yaml", "bf16-mixed"),
-                                               ("quickstart.yaml", "16-mixed")])
+@pytest.mark.parametrize("recipe, precision", [
+    ("recipes/crammed-bert.yaml", "32-true"), ("recipes/crammed-gpt.yaml", "32-true"),
+    ("recipes/crammed-electra.yaml", "32-true"), ("quickstart.yaml", "bf16-mixed"), ("quickstart.yaml", "16-mixed")])
 def test_every_objective_samples_curvature_on_every_micro_batch_of_every_kth_step(
         recipe, precision, spied, larger_corpus, tmp_path, monkeypatch):
     """crammed-bert (its batch ramp: several micro-batches a step), crammed-gpt (next-token targets, accumulation 2)
