@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
@@ -195,10 +196,17 @@ class PretrainingDataModule(L.LightningDataModule):
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         return ResumableDataLoader(StoreBatches(self.train_store, self.batch_size, self.seed), batch_size=None,
                                    sampler=self._sampler, num_workers=self.num_workers,
-                                   persistent_workers=self.num_workers > 0)
+                                   persistent_workers=self.num_workers > 0, generator=self._loader_generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(StoreRows(self.val_store), batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(StoreRows(self.val_store), batch_size=self.batch_size, num_workers=self.num_workers,
+                          generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        """A generator of its own for a loader's worker seeds: torch would otherwise draw them from the global random
+        stream each time a loader starts (a validation, an epoch), which the training's masks and dropout draw from,
+        so a resumed run, which starts its loaders at other times, would draw other masks."""
+        return torch.Generator().manual_seed(self.seed)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

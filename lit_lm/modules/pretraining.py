@@ -77,6 +77,10 @@ class PretrainingModule(L.LightningModule):
     """Tokens per sequence the training step trains on: each row of the batch is cut into windows of this length
     (set by ``lit_lm.callbacks.SequenceLengthWarmup``); None trains whole rows. Validation always takes whole rows."""
 
+    _resumed_random_state: torch.Tensor | None = None
+    """The random state a checkpoint being resumed was saved in; rank 0 sets it at the first batch."""
+    _resume_random_state_at: int | None = None
+
     windows_taken: bool = False
     """Whether a training step asked ``train_windows`` (how SequenceLengthWarmup tells a module that ignores it)."""
 
@@ -173,16 +177,29 @@ class PretrainingModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Under DDP every rank was seeded alike (seed_everything), so each would draw the same [MASK] positions and
-        dropout for its own rows: ranks after the first continue on a stream of their own, derived from the seed and
-        the rank (rank 0, and a single process, keep theirs)."""
+        dropout for its own rows: ranks after the first continue on a stream of their own, derived from the seed, the
+        rank and the step it starts at (rank 0, and a single process, keep theirs; a resumed one takes its
+        checkpoint's, in ``on_train_batch_start``)."""
         rank = self.trainer.global_rank
         if rank > 0:
-            torch.manual_seed(int(np.random.SeedSequence([torch.initial_seed(), rank]).generate_state(1)[0]))
+            entropy = [torch.initial_seed(), rank] + ([self.trainer.global_step] if self.trainer.global_step else [])
+            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        elif self._resumed_random_state is not None and self.trainer.ckpt_path is not None:  # a resume, not a load
+            self._resume_random_state_at = self.trainer.global_step
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """A resumed run's first batch draws its masks, dropout and samples from the random state its checkpoint was
+        saved in, as the uninterrupted run did: set here, after the data loader was started (which draws from the
+        stream), so that a resumed masked-LM run trains what the uninterrupted one would have."""
+        if self._resume_random_state_at is not None and self.trainer.global_step == self._resume_random_state_at:
+            torch.set_rng_state(self._resumed_random_state)
+            self._resumed_random_state = self._resume_random_state_at = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the run settings (for resume checks) and the run's tokenizer, so generation, evaluation and
-        fine-tuning need nothing else."""
+        """Keep the run settings (for resume checks), the run's tokenizer, so generation, evaluation and fine-tuning
+        need nothing else, and the (CPU) random state that the next training batch draws from."""
         checkpoint["run_settings"] = self.run_settings()
+        checkpoint["random_state"] = torch.get_rng_state()
         tokenizer = self.run_tokenizer()
         if tokenizer is not None:
             checkpoint["tokenizer"] = tokenizer.to_str()
@@ -203,7 +220,8 @@ class PretrainingModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one:
-        naming the differing settings, and the shape that does not fit."""
+        naming the differing settings, and the shape that does not fit. Keep its random state for the resume."""
+        self._resumed_random_state = checkpoint.get("random_state")
         lines = self.resume_differences(checkpoint)
         own = self.state_dict()
         lines += [f"{name}: {tuple(tensor.shape)} in the checkpoint, {tuple(own[name].shape)} here"

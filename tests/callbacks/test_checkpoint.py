@@ -60,13 +60,14 @@ def test_a_fixed_folder_with_another_runs_checkpoints_is_refused_unless_resuming
 
 
 # ---- through train.py: a run that stopped at its step limit goes on when resumed with a larger one ----
-def decoder_run(corpus, record, max_steps: int, *extra: str):
-    """The decoder quickstart at tiny shapes, deterministic in float32 and at a constant learning rate (no schedule
-    that depends on max_steps), recording the rows it trains (tests/ddp_recorder.py)."""
+def tiny_run(corpus, record, max_steps: int, *extra: str, recipe: str = "quickstart-decoder.yaml"):
+    """A quickstart at tiny shapes, deterministic in float32 and at a constant learning rate (no schedule that
+    depends on max_steps), validating every 3 steps, recording the rows it trains (tests/ddp_recorder.py)."""
     from lit_lm.cli import main
     from tests.conftest import ROOT
 
-    return main(["fit", "--config", str(ROOT / "configs" / "quickstart-decoder.yaml"),
+    samples = ["--trainer.callbacks.TextSamples.every_n_steps=1000"] if "decoder" in recipe else []
+    return main(["fit", "--config", str(ROOT / "configs" / recipe),
                  "--data.init_args.paths", f"[{corpus}]", "--data.init_args.tokenizer.vocab_size", "300",
                  "--data.init_args.seq_length", "32", "--data.init_args.batch_size", "4",
                  "--data.init_args.split", "paragraph", "--data.init_args.num_workers", "0",
@@ -74,9 +75,9 @@ def decoder_run(corpus, record, max_steps: int, *extra: str):
                  "--model.init_args.config.num_layers", "1", "--model.init_args.config.num_heads", "2",
                  "--model.init_args.config.intermediate_size", "64", "--trainer.precision", "32-true",
                  "--trainer.deterministic", "true", "--trainer.limit_val_batches", "1",
-                 "--trainer.val_check_interval", "6", "--trainer.enable_progress_bar", "false",
+                 "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false",
                  "--trainer.enable_model_summary", "false", "--trainer.logger", "lit_lm.loggers.CSVLogger",
-                 "--trainer.callbacks.OneCycleLR=null", "--trainer.callbacks.TextSamples.every_n_steps=1000",
+                 "--trainer.callbacks.OneCycleLR=null", *samples,
                  "--trainer.callbacks+=tests.ddp_recorder.RowRecorder", "--trainer.callbacks.init_args.folder",
                  str(record), "--trainer.max_steps", str(max_steps), *extra])
 
@@ -89,6 +90,12 @@ def recorded_rows(record) -> list[str]:
     return [row for step in json.loads((record / "rank0.json").read_text())["steps"] for row in step["rows"]]
 
 
+def final_weights(folder) -> dict:
+    from lit_lm.checkpoint import Checkpoint
+
+    return Checkpoint.read(folder).model().state_dict()
+
+
 @pytest.mark.slow
 def test_a_run_stopped_at_max_steps_resumes_with_a_larger_one_and_ends_as_one_uninterrupted_run(
         tmp_path, monkeypatch):
@@ -97,25 +104,49 @@ def test_a_run_stopped_at_max_steps_resumes_with_a_larger_one_and_ends_as_one_un
     the uninterrupted epoch's, in its order, each once, and the final weights are its weights."""
     import sys
 
-    from lit_lm.checkpoint import Checkpoint
     from tests.conftest import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus")
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    monkeypatch.chdir(tmp_path / "corpus")
     (tmp_path / "resumed").mkdir()
     (tmp_path / "whole").mkdir()
     monkeypatch.chdir(tmp_path / "resumed")
     rows, steps = [], []
     for i, max_steps in enumerate([4, 8, 8, 10_000, 20_000]):
-        cli = decoder_run(corpus, tmp_path / f"record{i}", max_steps, *(["--ckpt_path", "last"] if i else []))
+        cli = tiny_run(corpus, tmp_path / f"record{i}", max_steps, *(["--ckpt_path", "last"] if i else []))
         steps.append(cli.trainer.global_step)
         rows += recorded_rows(tmp_path / f"record{i}")
     monkeypatch.chdir(tmp_path / "whole")
-    whole = decoder_run(corpus, tmp_path / "record-whole", 10_000)
+    whole = tiny_run(corpus, tmp_path / "record-whole", 10_000)
     assert steps[:3] == [4, 8, 8] and steps[3] == steps[4] == whole.trainer.global_step > 8
     assert rows == recorded_rows(tmp_path / "record-whole")  # the epoch's rows, each once, in the same order
-    resumed = Checkpoint.read(tmp_path / "resumed" / "runs" / "quickstart-decoder").model().state_dict()
-    reference = Checkpoint.read(tmp_path / "whole" / "runs" / "quickstart-decoder").model().state_dict()
+    resumed, reference = (final_weights(tmp_path / d / "runs" / "quickstart-decoder") for d in ("resumed", "whole"))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_resumed_masked_lm_run_draws_the_uninterrupted_run_s_masks(tmp_path, monkeypatch):
+    """The masks come from the global random stream: a checkpoint keeps the state it was saved in and the resumed
+    run's first batch starts from it, and the data loaders seed their workers from generators of their own (not
+    from that stream, which the validation after a periodic save would otherwise advance). A run resumed from its
+    step-3 checkpoint (saved before the validation at step 3) to step 10 ends with the weights of 10 uninterrupted
+    steps."""
+    import sys
+
+    from tests.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    for folder in ("resumed", "whole"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "resumed")
+    tiny_run(corpus, tmp_path / "r1", 4, "--trainer.callbacks.ModelCheckpoint.every_n_train_steps=3",
+             recipe="quickstart.yaml")
+    [periodic] = (tmp_path / "resumed").rglob("*step=3.ckpt")
+    tiny_run(corpus, tmp_path / "r2", 10, "--ckpt_path", str(periodic), recipe="quickstart.yaml")
+    monkeypatch.chdir(tmp_path / "whole")
+    tiny_run(corpus, tmp_path / "w", 10, recipe="quickstart.yaml")
+    resumed, reference = (final_weights(tmp_path / d / "runs" / "quickstart") for d in ("resumed", "whole"))
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0)
