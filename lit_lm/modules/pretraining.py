@@ -77,7 +77,7 @@ class PretrainingModule(L.LightningModule):
     """Tokens per sequence the training step trains on: each row of the batch is cut into windows of this length
     (set by ``lit_lm.callbacks.SequenceLengthWarmup``); None trains whole rows. Validation always takes whole rows."""
 
-    _resumed_random_state: torch.Tensor | None = None
+    _resumed_random_state: dict[str, torch.Tensor] | None = None
     """The random state a checkpoint being resumed was saved in; rank 0 sets it at the first batch."""
     _resume_random_state_at: int | None = None
 
@@ -192,14 +192,17 @@ class PretrainingModule(L.LightningModule):
         saved in, as the uninterrupted run did: set here, after the data loader was started (which draws from the
         stream), so that a resumed masked-LM run trains what the uninterrupted one would have."""
         if self._resume_random_state_at is not None and self.trainer.global_step == self._resume_random_state_at:
-            torch.set_rng_state(self._resumed_random_state)
+            torch.set_rng_state(self._resumed_random_state["cpu"])
+            if "cuda" in self._resumed_random_state and self.device.type == "cuda":  # masks drawn on the GPU
+                torch.cuda.set_rng_state(self._resumed_random_state["cuda"], self.device)
             self._resumed_random_state = self._resume_random_state_at = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run settings (for resume checks), the run's tokenizer, so generation, evaluation and fine-tuning
-        need nothing else, and the (CPU) random state that the next training batch draws from."""
+        need nothing else, and the random state (CPU, and this GPU's) that the next training batch draws from."""
         checkpoint["run_settings"] = self.run_settings()
-        checkpoint["random_state"] = torch.get_rng_state()
+        checkpoint["random_state"] = {"cpu": torch.get_rng_state(), **(
+            {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
         tokenizer = self.run_tokenizer()
         if tokenizer is not None:
             checkpoint["tokenizer"] = tokenizer.to_str()
@@ -221,7 +224,8 @@ class PretrainingModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fail with one clear message, not a shape traceback, when the checkpoint's model differs from this one:
         naming the differing settings, and the shape that does not fit. Keep its random state for the resume."""
-        self._resumed_random_state = checkpoint.get("random_state")
+        saved = checkpoint.get("random_state")
+        self._resumed_random_state = saved if isinstance(saved, dict) else None
         lines = self.resume_differences(checkpoint)
         own = self.state_dict()
         lines += [f"{name}: {tuple(tensor.shape)} in the checkpoint, {tuple(own[name].shape)} here"
