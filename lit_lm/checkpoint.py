@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from tokenizers import Tokenizer
-
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from tokenizers import Tokenizer
 
 from lit_lm.data.tokenizer import load_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM, TransformerConfig

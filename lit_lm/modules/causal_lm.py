@@ -11,10 +11,10 @@ from torchmetrics import MeanMetric
 from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.models import IGNORE_INDEX
-from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_next_token_labels, split_rows
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, from_saved, split_next_token_labels,
+                                        split_rows)
 
 # GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
 GPT2_SMALL = TransformerConfig(
@@ -67,12 +67,7 @@ class CausalLMModule(PretrainingModule):
         if init_from is not None:
             source = load_decoder(init_from)
             config = adopt_architecture(config, source.config, source.source)
-        if (limit := max_input_length(config)) is not None and seq_length > limit:  # only tables limit length
-            raise ValueError(
-                f"data.seq_length ({seq_length}) exceeds the {limit} tokens that model.config.max_position_embeddings "
-                f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
-                f"second (relative positions alone, with position_embedding: none, take any length)."
-            )
+        check_seq_length(config, seq_length)
         if eos_token_id is not None and not 0 <= eos_token_id < config.vocab_size:
             raise ValueError(f"the end-of-text id {eos_token_id} falls outside the vocabulary of {config.vocab_size}; "
                              f"the tokenizer and model.config.vocab_size disagree.")
@@ -103,9 +98,9 @@ class CausalLMModule(PretrainingModule):
         data_tokenizer = getattr(datamodule, "tokenizer", None)
         if data_tokenizer is None:
             return
-        fix = (f"point --data.init_args.tokenizer.path at init_from's tokenizer (an export or HuggingFace folder: the "
-               f"folder itself; a lit-lm run: its data store folder, printed as 'data: built/reusing <folder>', or "
-               f"export it with `python -m lit_lm.hf export`)")
+        fix = ("point --data.init_args.tokenizer.path at init_from's tokenizer (an export or HuggingFace folder: the "
+               "folder itself; a lit-lm run: its data store folder, printed as 'data: built/reusing <folder>', or "
+               "export it with `python -m lit_lm.hf export`)")
         if self.init_tokenizer is None:
             if getattr(getattr(datamodule, "tokenizer_config", None), "path", None) is None:
                 raise TokenizerError(f"model.init_args.init_from: {self.init_source} holds no tokenizer, and the data "

@@ -8,10 +8,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.models.layers.token_dropping import TokenImportance
-from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.masking import IGNORE_INDEX, TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_batch
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, forked_random_state, from_saved,
+                                        split_batch)
 
 
 class MaskedLMModule(PretrainingModule):
@@ -59,12 +59,7 @@ class MaskedLMModule(PretrainingModule):
 
             pretrained = load_pretrained(init_from, training_config=config)
             config = pretrained.config
-        if (limit := max_input_length(config)) is not None and seq_length > limit:  # only tables limit length
-            raise ValueError(
-                f"data.seq_length ({seq_length}) exceeds the {limit} tokens that model.config.max_position_embeddings "
-                f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
-                f"second (relative positions alone, with position_embedding: none, take any length)."
-            )
+        check_seq_length(config, seq_length)
         masking = TokenMasking(config, mask_rate, mask_token_fraction, random_token_fraction, mask_token_id,
                                special_token_ids)
         self.save_resolved_hyperparameters(ignore=["init_from"], config=config)  # reloads without the folder
@@ -129,10 +124,7 @@ class MaskedLMModule(PretrainingModule):
         input_ids = batch["input_ids"][:1]
         attention_mask = batch.get("attention_mask")
         attention_mask = attention_mask[:1] if attention_mask is not None else None
-        device = input_ids.device
-        forked_rng = (torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
-                      if device.type == "cuda" else torch.random.fork_rng(devices=[]))
-        with forked_rng:  # the masks and dropout drawn here leave the training's random stream as it was
+        with forked_random_state(input_ids.device):  # the masks and dropout drawn here leave the training's stream
             inputs, labels = self._mask(input_ids)
             keep = self.kept_tokens(inputs, labels)  # token dropping: the FLOPs of the tokens kept
             flops = self._step_flops(lambda: self.model(inputs, attention_mask, labels, keep=keep))

@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lit_lm.models.config import TransformerConfig
 from lit_lm.models.output import IGNORE_INDEX, LMOutput
+from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy
 from lit_lm.modules.optim import OptimizerConfig
 from lit_lm.precision import MixedPrecision
@@ -58,6 +59,24 @@ def split_next_token_labels(labels: torch.Tensor, length: int) -> torch.Tensor:
     return padded.unfold(1, length + 1, length).reshape(rows * (seq // length), length + 1)
 
 
+def check_seq_length(config: TransformerConfig, seq_length: int) -> None:
+    """One clear error when ``seq_length`` exceeds the model's position table (only tables limit the length)."""
+    if (limit := max_input_length(config)) is not None and seq_length > limit:
+        raise ValueError(
+            f"data.seq_length ({seq_length}) exceeds the {limit} tokens that model.config.max_position_embeddings "
+            f"({config.max_position_embeddings}, minus position_offset) allows; lower the first or raise the "
+            f"second (relative positions alone, with position_embedding: none, take any length)."
+        )
+
+
+def forked_random_state(device: torch.device):
+    """``torch.random.fork_rng`` over the CPU's stream and, on a GPU, that device's: what is drawn inside (fixed
+    validation draws, FLOP-counting masks) leaves the training's random stream as it was."""
+    if device.type == "cuda":
+        return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    return torch.random.fork_rng(devices=[])
+
+
 def from_saved(config: TransformerConfig | dict, optimizer: OptimizerConfig | dict
                ) -> tuple[TransformerConfig, OptimizerConfig]:
     """A module's ``config`` and ``optimizer`` arguments as given, or rebuilt from the dicts that checkpoints
@@ -78,8 +97,7 @@ class PretrainingModule(L.LightningModule):
     (set by ``lit_lm.callbacks.SequenceLengthWarmup``); None trains whole rows. Validation always takes whole rows."""
 
     _resumed_random_state: dict[str, torch.Tensor] | None = None
-    """The random state a checkpoint being resumed was saved in; rank 0 sets it at the first batch."""
-    _resume_random_state_at: int | None = None
+    """The random state a checkpoint being resumed was saved in, until rank 0 sets it at the first batch."""
 
     windows_taken: bool = False
     """Whether a training step asked ``train_windows`` (how SequenceLengthWarmup tells a module that ignores it)."""
@@ -184,18 +202,18 @@ class PretrainingModule(L.LightningModule):
         if rank > 0:
             entropy = [torch.initial_seed(), rank] + ([self.trainer.global_step] if self.trainer.global_step else [])
             torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-        elif self._resumed_random_state is not None and self.trainer.ckpt_path is not None:  # a resume, not a load
-            self._resume_random_state_at = self.trainer.global_step
+        if rank > 0 or self.trainer.ckpt_path is None:  # only rank 0's state is saved; a loaded module is no resume
+            self._resumed_random_state = None
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """A resumed run's first batch draws its masks, dropout and samples from the random state its checkpoint was
         saved in, as the uninterrupted run did: set here, after the data loader was started (which draws from the
         stream), so that a resumed masked-LM run trains what the uninterrupted one would have."""
-        if self._resume_random_state_at is not None and self.trainer.global_step == self._resume_random_state_at:
+        if self._resumed_random_state is not None:
             torch.set_rng_state(self._resumed_random_state["cpu"])
             if "cuda" in self._resumed_random_state and self.device.type == "cuda":  # masks drawn on the GPU
                 torch.cuda.set_rng_state(self._resumed_random_state["cuda"], self.device)
-            self._resumed_random_state = self._resume_random_state_at = None
+            self._resumed_random_state = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the run settings (for resume checks), the run's tokenizer, so generation, evaluation and fine-tuning

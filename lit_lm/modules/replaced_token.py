@@ -8,11 +8,11 @@ from torchmetrics.classification import BinaryAccuracy
 
 from lit_lm.models import TransformerConfig
 from lit_lm.models.replaced_token import EmbeddingSharing, GeneratorShape, ReplacedTokenDetector, ReplacedTokenOutput
-from lit_lm.models.transformer import max_input_length
 from lit_lm.modules.curvature import SampledLoss, sampled_binary_cross_entropy, sampled_cross_entropy
 from lit_lm.modules.masking import TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, from_saved, split_batch
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, forked_random_state, from_saved,
+                                        split_batch)
 
 
 class ReplacedTokenDetectionModule(PretrainingModule):
@@ -66,10 +66,7 @@ class ReplacedTokenDetectionModule(PretrainingModule):
         TokenMasking.check_rates(mask_rate, mask_token_fraction, random_token_fraction)
         if config.sparse_prediction and config.sparse_prediction_rate is None:
             config = replace(config, sparse_prediction_rate=mask_rate)  # a fixed prediction count: static shapes
-        if (limit := max_input_length(config)) is not None and seq_length > limit:
-            raise ValueError(f"data.seq_length ({seq_length}) exceeds the {limit} tokens that "
-                             f"model.config.max_position_embeddings ({config.max_position_embeddings}) allows; lower "
-                             f"the first or raise the second.")
+        check_seq_length(config, seq_length)
         masking = TokenMasking(config, mask_rate, mask_token_fraction, random_token_fraction, mask_token_id,
                                special_token_ids)
         shape = GeneratorShape(generator_width_fraction, generator_num_layers, generator_num_heads)
@@ -114,9 +111,7 @@ class ReplacedTokenDetectionModule(PretrainingModule):
         seed = self.hparams.val_mask_seed + batch_idx
         device = batch["input_ids"].device
         mask_generator = torch.Generator(device=device).manual_seed(seed)
-        forked = (torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
-                  if device.type == "cuda" else torch.random.fork_rng(devices=[]))
-        with forked:  # the generator's draws fixed too, and the training's random stream left as it was
+        with forked_random_state(device):  # the generator's draws fixed too, the training's stream left as it was
             torch.manual_seed(seed)
             out = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), mask_generator)
         n_tokens = out.token_mask.sum()
@@ -137,10 +132,7 @@ class ReplacedTokenDetectionModule(PretrainingModule):
         input_ids = batch["input_ids"][:1]
         attention_mask = batch.get("attention_mask")
         attention_mask = attention_mask[:1] if attention_mask is not None else None
-        device = input_ids.device
-        forked = (torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
-                  if device.type == "cuda" else torch.random.fork_rng(devices=[]))
-        with forked:
+        with forked_random_state(input_ids.device):
             masked, labels = self._mask(input_ids)
             flops = self._step_flops(lambda: self.model(input_ids, masked, labels, attention_mask))
         return flops * len(batch["input_ids"])
