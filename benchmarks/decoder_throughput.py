@@ -26,12 +26,11 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
+from step_timing import add_step_options, tokens_per_second
 
 from lit_lm.callbacks.throughput import measure_matmul_flops
 from lit_lm.hf import from_hf
 from lit_lm.models import DecoderForCausalLM
-
-from step_timing import add_step_options, tokens_per_second
 
 VOCAB = 50257  # GPT-2's
 

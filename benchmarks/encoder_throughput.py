@@ -20,11 +20,10 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
+from step_timing import add_step_options, tokens_per_second
 
 from lit_lm.hf import from_hf
 from lit_lm.models import EncoderForMaskedLM
-
-from step_timing import add_step_options, tokens_per_second
 
 FAMILIES = {
     # published vocabularies and the settings of bert-base and deberta-v3-base

@@ -281,7 +281,6 @@ def synchronize(device) -> None:
 def step_flops(model, forward_kwargs_fn, batch_sizes=(2, 4)) -> callable:
     """FLOPs of one training step (forward + backward) as an affine function of the batch, from Lightning's
     measure_flops at two small batches (the math attention kernel, so that attention is counted)."""
-    import torch
     from lightning.fabric.utilities.throughput import measure_flops
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -1,8 +1,11 @@
 """Shared fixtures: generated corpora, the optional ../shared/data folder, an isolated cache; and how the suite runs:
-in pytest-xdist workers by default, each test in an environment of its session's own (cache, wandb, CPU threads)."""
+in pytest-xdist workers by default, each test in an environment of its session's own (cache, wandb, CPU threads),
+with the budget clock frozen, end-to-end runs marked ``slow``, and a missing package of the dev extra a failure."""
 
+import hashlib
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,8 +135,31 @@ def write_corpus(folder: Path, n_files: int = 6, paragraphs: int = 20, seed: int
     return folder
 
 
+def corpus_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The generated corpus every test that only reads it shares (one per xdist worker). A store's cache key holds
+    each file's path and modification time, so the first test that prepares it with some settings builds the store
+    and every later one with the same settings reads it from the cache. Read-only: a test that adds, changes or
+    removes a file takes ``fresh_corpus`` (checked when the session ends)."""
+    folder = write_corpus(tmp_path_factory.mktemp("shared") / "corpus")
+    before = corpus_digest(folder)
+    yield folder
+    assert corpus_digest(folder) == before, "a test changed the shared `corpus`: give it `fresh_corpus` instead"
+
+
 @pytest.fixture
-def corpus(tmp_path: Path) -> Path:
+def fresh_corpus(tmp_path: Path) -> Path:
+    """The same generated text as ``corpus``, in the test's own folder: for a test that changes it, or that must
+    build its store from nothing (a cache miss)."""
     return write_corpus(tmp_path / "corpus")
 
 
@@ -187,6 +213,103 @@ def isolated_session(tmp_path_factory):
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test starts in the isolated environment again, whatever the test before it changed."""
     isolate(monkeypatch, tmp_path_factory.getbasetemp())
+
+
+class FrozenClock:
+    """The clock of Lightning's ``Timer`` (the wall-clock budget, ``trainer.max_time``) in every test: it never moves,
+    so a recipe's own budget (minutes) neither ends a test's run nor shifts its schedules, however slow or loaded
+    the machine. A test of the budget moves it by hand: ``tests/callbacks/helpers.py``'s ``FakeClock``."""
+
+    @staticmethod
+    def monotonic() -> float:
+        return 1000.0
+
+
+@pytest.fixture(autouse=True)
+def frozen_budget_clock(monkeypatch):
+    monkeypatch.setattr("lightning.pytorch.callbacks.timer.time", FrozenClock())
+
+
+TEST_PEAK_FLOPS = 1e12
+
+
+@pytest.fixture(autouse=True)
+def fixed_cpu_peak_flops(monkeypatch):
+    """ThroughputMFU takes a CPU's peak FLOP/s from timing square matmuls in the run's dtype at the start of every
+    fit (about 0.8 s in fp16, and in bf16 on a CPU without bf16 units: half a tiny fit); a test never times the
+    machine, so every fit gets this fixed peak instead. tests/callbacks/test_throughput.py tests the measuring on a
+    fake clock, calling ``measure_matmul_flops`` itself."""
+    monkeypatch.setattr("lit_lm.callbacks.throughput.measure_matmul_flops", lambda *args, **kwargs: TEST_PEAK_FLOPS)
+
+
+RUNNING: dict[str, pytest.Item | None] = {"item": None}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    RUNNING["item"] = item  # before its fixtures are set up: a module-scoped fixture counts for the test needing it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def end_to_end_runs_are_marked():
+    """A test that trains through train.py's Trainer or starts a process is an end-to-end run: it must be marked
+    ``slow`` (``python -m pytest -m "not slow"`` leaves them out). An unmarked one fails, naming what it did; so
+    does a fixture that does either for an unmarked test."""
+    import lit_lm.cli
+
+    def guarded(original, what: str):
+        def guard(*args, **kwargs):
+            item = RUNNING["item"]
+            if item is not None and item.get_closest_marker("slow") is None:
+                pytest.fail(f"{item.nodeid} {what}: mark it @pytest.mark.slow (an end-to-end run)", pytrace=False)
+            return original(*args, **kwargs)
+        return guard
+
+    try:  # typeshed_client (jsonargparse's stub reader) asks a new interpreter for sys.path once a process
+        from jsonargparse._stubs_resolver import get_stubs_resolver
+
+        get_stubs_resolver()  # now, before the guard: it is a library's lookup, not a test's run
+    except ImportError:
+        pass
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "_execute_child", guarded(subprocess.Popen._execute_child, "starts a process"))
+        for method in ("fit", "validate", "test", "predict"):
+            patch.setattr(lit_lm.cli.Trainer, method,
+                          guarded(getattr(lit_lm.cli.Trainer, method), f"runs train.py's Trainer.{method}"))
+        yield
+
+
+DEV_EXTRA = "pip install -e '.[dev]'"
+
+
+def missing_dev_package(report) -> str | None:
+    """The reason of a skip that ``pytest.importorskip`` gave because a package is missing, else None."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    reason = str(report.longrepr[2])
+    return reason if "could not import" in reason else None
+
+
+def fail_instead_of_skipping(report) -> None:
+    """The tests need every package of the dev extra (transformers for HF parity, moto and s3fs for the S3 store,
+    nbclient for the notebooks, ...): a missing one fails the test that needs it, instead of hiding it as a skip.
+    Only ../shared/data and a GPU may be absent (``shared_data``, the ``gpu`` marker)."""
+    reason = missing_dev_package(report)
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"{reason.removeprefix('Skipped: ')}: a package of the dev extra is missing ({DEV_EXTRA})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_instead_of_skipping(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    fail_instead_of_skipping(outcome.get_result())
 
 
 @pytest.fixture(autouse=True)

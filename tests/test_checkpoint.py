@@ -2,9 +2,10 @@
 
 import os
 import random
-import subprocess
+import runpy
 import sys
 from dataclasses import asdict
+from unittest import mock
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from lit_lm.checkpoint import Checkpoint, CheckpointError, load_causal_lm, load_model, write_atomically
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
-from tests.conftest import ROOT, sentence
+from tests.conftest import sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 
@@ -99,18 +100,26 @@ def test_a_checkpoint_lacking_what_is_asked_says_what_to_pass(tmp_path, tokenize
         load_model(tmp_path / "damaged.ckpt")
 
 
+def run_module(module: str, *args: str) -> int:
+    """``python -m module args`` in this process (runpy runs its ``__main__`` block as ``-m`` does, without a new
+    interpreter and its imports): the exit status."""
+    with mock.patch.object(sys, "argv", [module, *args]), pytest.raises(SystemExit) as exit_:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exit_.value.code
+
+
 @pytest.mark.parametrize("command", [["lit_lm.generate", "--checkpoint"], ["lit_lm.evaluate", "perplexity",
                                                                             "--file", "x.txt", "--checkpoint"],
                                      ["lit_lm.hf", "export", "--tokenizer", "t.json"]], ids=["generate", "evaluate",
                                                                                           "hf-export"])
-def test_command_lines_print_the_error_without_a_traceback(tmp_path, command):
+def test_command_lines_print_the_error_without_a_traceback(tmp_path, command, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.ckpt").write_bytes(b"garbage")
-    args = [*command, str(tmp_path / "corrupt.ckpt")] + (["out"] if command[0] == "lit_lm.hf" else [])
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and "corrupt.ckpt is not a readable checkpoint" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    args = [*command[1:], str(tmp_path / "corrupt.ckpt")] + (["out"] if command[0] == "lit_lm.hf" else [])
+    assert run_module(command[0], *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "corrupt.ckpt is not a readable checkpoint" in err
+    assert "Traceback" not in err
 
 
 def test_write_atomically_refuses_a_full_folder_and_leaves_nothing_half_written(tmp_path):

@@ -118,6 +118,7 @@ def test_a_missing_or_circular_base_is_one_clear_error(tmp_path, capsys, monkeyp
     assert "builds on" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_few_steps_through_train_py_save_config_metrics_and_a_checkpoint(corpus, tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", QUICKSTART, *QUIET,
            *TINY_MODEL, "--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph",
@@ -135,6 +136,7 @@ def test_a_few_steps_through_train_py_save_config_metrics_and_a_checkpoint(corpu
     assert any(r.get("val/mlm_acc") for r in rows)
 
 
+@pytest.mark.slow
 def test_vocab_size_and_special_ids_flow_from_the_tokenizer(corpus, tmp_path):
     cli = main(["fit", "--config", QUICKSTART, *QUIET, *TINY_MODEL,
                 "--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph",
@@ -146,6 +148,7 @@ def test_vocab_size_and_special_ids_flow_from_the_tokenizer(corpus, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_from_last_where_it_stopped(corpus, tmp_path):
     common = ["--config", QUICKSTART, *QUIET, *TINY_MODEL,
               "--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph",
@@ -164,6 +167,7 @@ def test_an_interrupted_run_resumes_from_last_where_it_stopped(corpus, tmp_path)
     assert torch.load(checkpoints(1) / "last.ckpt", weights_only=False)["global_step"] == 10
 
 
+@pytest.mark.slow
 def test_quickstart_loss_falls_on_the_embedded_corpus(tmp_path):
     """The quickstart recipe as shipped (default corpus, schedule), with a smaller model and fewer steps."""
     cli = main(["fit", "--config", QUICKSTART, *QUIET,
@@ -177,6 +181,7 @@ def test_quickstart_loss_falls_on_the_embedded_corpus(tmp_path):
     assert summary["last_tenth"] < summary["first_tenth"] - 1.0, summary
 
 
+@pytest.mark.slow
 def test_wandb_runs_do_not_clash_over_the_saved_config(corpus, tmp_path, wandb_offline):
     pytest.importorskip("wandb")
     args = ["fit", "--config", QUICKSTART, *TINY_MODEL,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lit_lm.data.store import TokenStore
 from lit_lm.data.streaming import as_batch
@@ -127,9 +128,32 @@ def test_the_store_is_built_once_across_ranks(runs):
 
 @pytest.mark.slow
 def test_each_rank_draws_its_own_masks(runs):
-    """Every rank is seeded alike; without a stream of its own each would mask the same positions of its rows."""
+    """Every rank is seeded alike; without a stream of its own each would mask the same positions of its rows. The
+    masks each rank's training steps drew (tests/ddp_recorder.py), position by position, over the epoch: where a token
+    can be masked on both ranks, drawn independently both ranks choose it with probability p^2 (p the mask rate),
+    from one shared stream with probability p."""
     ranks = runs["ranks"]
-    assert ranks[0]["random_state"] != ranks[1]["random_state"]
+    p = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["model"]["init_args"]["mask_rate"]
+    steps = [r["steps"] for r in ranks]
+    assert len(steps[0]) == len(steps[1]) >= 8
+    grids = {}  # per rank: masked and maskable, one flag per position of every micro-batch, in order
+    for rank, record in enumerate(steps):
+        assert all(len(step["masks"]) == 1 for step in record)  # one draw per training step
+        grids[rank] = {key: np.array([[c == "1" for c in row] for step in record for row in step["masks"][0][key]])
+                       for key in ("masked", "maskable")}
+        masked, maskable = grids[rank]["masked"], grids[rank]["maskable"]
+        assert masked.shape == (len(record) * PER_DEVICE, 32) and not (masked & ~maskable).any()
+        # each rank masks p of its maskable tokens: binomial, within 4 sd (n >= 8 x 4 x 31 = 992: sd <= 0.014)
+        n = maskable.sum()
+        assert abs(masked.sum() - p * n) <= 4 * (n * p * (1 - p)) ** 0.5
+    both = grids[0]["maskable"] & grids[1]["maskable"]
+    n, chosen_by_both = both.sum(), (grids[0]["masked"] & grids[1]["masked"] & both).sum()
+    # independent draws: binomial(n, p^2), mean p^2 n, sd sqrt(n p^2 (1 - p^2)) (n about 1500: about 96 and 9.5); one
+    # shared stream would give p n (about 385), 30 sd above
+    sd = (n * p**2 * (1 - p**2)) ** 0.5
+    assert abs(chosen_by_both - p**2 * n) <= 4 * sd, (chosen_by_both, p**2 * n, p * n)
+    assert not any(a["masks"] == b["masks"] for a, b in zip(*steps))
+    assert ranks[0]["random_state"] != ranks[1]["random_state"]  # and the streams they were drawn from differ
 
 
 @pytest.mark.slow

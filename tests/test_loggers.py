@@ -61,6 +61,7 @@ def test_a_user_picks_one_logger_or_none(corpus, choice, kinds):
         assert cli.trainer.loggers[0].save_dir == ("elsewhere" if "elsewhere" in choice[-1] else str(RUN))
 
 
+@pytest.mark.slow
 def test_without_loggers_a_run_trains_and_says_it_has_no_dashboard(corpus, caplog):
     caplog.set_level(logging.INFO)
     cli = main(["fit", *tiny(corpus, "--trainer.logger=false", "--trainer.max_steps", "2")])
@@ -71,6 +72,7 @@ def test_without_loggers_a_run_trains_and_says_it_has_no_dashboard(corpus, caplo
     assert (RUN / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_tests_run_wandb_disabled_and_nothing_writes_a_wandb_folder(corpus, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     main(["fit", *tiny(corpus, "--trainer.max_steps", "2")])
@@ -97,6 +99,7 @@ class HeldOutScore(Callback):
             logger.log_metrics({"heldout/loss": 1.25}, step=trainer.global_step)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_offline_wandb_run_named_and_grouped(corpus, wandb_offline, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("WANDB_RUN_GROUP", "ablation-1")  # what the ablation runner sets for each variant

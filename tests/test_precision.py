@@ -3,6 +3,7 @@ precision plugin that clips gradients beside the fused AdamW, in real Trainer st
 
 import logging
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lit_lm.models import TransformerConfig
 from lit_lm.modules import MaskedLMModule
 from lit_lm.precision import MixedPrecision, auto_precision, bf16_speedup, cpu_has_fast_bf16
 from tests.conftest import ROOT, fake_cpu
+from tests.precision_probe import PrecisionProbe, joining
 
 
 def cpuinfo(tmp_path, flags: str):
@@ -31,8 +33,37 @@ def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
     assert not cpu_has_fast_bf16(tmp_path / "missing")
 
 
-def test_the_probe_measures_a_positive_speed_ratio():
-    assert bf16_speedup(64, 32, 64, repeats=2) > 0
+class FakeClock:
+    """``time.perf_counter`` for ``bf16_speedup``: each timed interval (a call that starts it, the next that ends it)
+    lasts the next of the durations given for the precision in force when it started: CPU autocast to bf16, or none
+    (fp32). So a matmul timed under the wrong precision draws the other list, and nothing depends on this machine."""
+
+    def __init__(self, fp32: list[float], bf16: list[float]) -> None:
+        self.durations = {False: list(fp32), True: list(bf16)}
+        self.now, self.started = 0.0, None
+
+    def perf_counter(self) -> float:
+        if self.started is None:
+            self.started = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        else:
+            left = self.durations[self.started]
+            assert left, f"more {'bf16' if self.started else 'fp32'} matmuls timed than the probe should time"
+            self.now += left.pop(0)
+            self.started = None
+        return self.now
+
+
+@pytest.mark.parametrize("fp32, bf16", [
+    ([0.125, 4.0, 3.0, 5.0], [0.03125, 2.0, 1.5, 1.75]),  # bf16 2x faster; the warm-up calls fastest: left out
+    ([6.0, 1.0, 0.75, 1.25], [9.0, 8.0, 12.0, 16.0]),  # bf16 emulated: 0.09375x; the warm-up calls slowest
+], ids=["bf16-units", "bf16-emulated"])
+def test_the_probe_divides_the_best_fp32_time_by_the_best_bf16_time(monkeypatch, fp32, bf16):
+    """The ratio of the best of ``repeats`` timed matmuls of each precision, after a warm-up call each; the durations
+    are binary fractions, so the expected ratio is exact."""
+    clock = FakeClock(fp32, bf16)
+    monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    assert bf16_speedup(8, 4, 8, repeats=3) == min(fp32[1:]) / min(bf16[1:])
+    assert clock.durations == {False: [], True: []} and clock.started is None  # each timing drawn, each interval closed
 
 
 @pytest.mark.parametrize("fast_bf16, expected", [(False, "32-true"), (True, "bf16-mixed")])
@@ -69,13 +100,15 @@ TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.
         "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "3", "--trainer.max_steps", "3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("machine, expected", [
     ("cpu without bf16", "32-true"), ("cpu with bf16", "bf16-mixed"),
     ("gpu 7.5", "16-mixed"), ("gpu 8.0", "bf16-mixed"),
 ])
 def test_auto_through_the_cli_chooses_saves_and_trains(machine, expected, corpus, tmp_path, monkeypatch, caplog):
     """The crammed recipe with precision auto, on faked hardware: the choice is printed, recorded in config.yaml and
-    trained with (a faked GPU's choice runs on this CPU, as Lightning finds no CUDA device)."""
+    trained with (a faked GPU's choice runs on this CPU, as Lightning finds no CUDA device): the probe checks from
+    inside the fit that it computed in the chosen precision."""
     fake_cpu(monkeypatch, machine == "cpu with bf16")
     if machine.startswith("gpu"):
         major, minor = map(int, machine.split()[1].split("."))
@@ -83,10 +116,13 @@ def test_auto_through_the_cli_chooses_saves_and_trains(machine, expected, corpus
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["train.py"])
     caplog.set_level(logging.INFO)
-    cli = main(["fit", "--config", str(ROOT / "configs" / "recipes" / "crammed-bert.yaml"), *TINY,
-                "--data.init_args.paths", f"[{corpus}]"])
+    probe = PrecisionProbe()
+    with joining(probe):
+        cli = main(["fit", "--config", str(ROOT / "configs" / "recipes" / "crammed-bert.yaml"), *TINY,
+                    "--data.init_args.paths", f"[{corpus}]"])
     assert f"precision: auto -> {expected}" in caplog.text
     assert cli.trainer.precision == expected
+    probe.check(cli.trainer, expected)
     saved = yaml.safe_load(next(tmp_path.glob("runs/crammed-bert/logs/version_0/config.yaml")).read_text())
     assert saved["trainer"]["precision"] == expected  # the saved config records what ran
     assert cli.trainer.global_step == 3
@@ -118,6 +154,7 @@ def tiny_module() -> MaskedLMModule:
     return MaskedLMModule(config, special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4, seq_length=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision_name", ["bf16-mixed", "16-mixed"])
 def test_clipping_and_the_fused_adamw_together_under_mixed_precision(precision_name, tmp_path):
     """Lightning's own plugin refuses this combination (for bf16 too); ours clips the unscaled gradients and keeps

@@ -41,6 +41,7 @@ def test_a_callback_the_run_lacks_or_a_value_that_is_not_null_is_one_clear_error
         edit_callbacks([{"class_path": "a.B"}], "B", None, "1")
 
 
+@pytest.mark.slow
 def test_the_edited_run_trains(corpus, tmp_path, monkeypatch):
     import sys
 

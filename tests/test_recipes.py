@@ -1,7 +1,9 @@
 """The shipped recipes: each is a short delta on a base in configs/base and resolves to the settings pinned here; the
-precision matrix: every recipe, shrunk to a tiny shape and corpus, trains a few optimizer steps through the CLI with
-its own callbacks under each precision ``auto`` can pick, forced on this CPU whatever it has, and saves a config that
-holds its whole resolved trainer; and a run resumes from a checkpoint saved under another precision."""
+precision matrix: every recipe, shrunk to a tiny shape and corpus, trains two optimizer steps through the CLI with
+its own callbacks under each precision it can meet (the three ``auto`` can pick, or the one the recipe fixes), forced
+on this CPU whatever it has, computes in that precision (checked from inside the fit: tests/precision_probe.py), and
+saves a config that holds its whole resolved trainer; and a run resumes from a checkpoint saved under another
+precision, and computes in the new one."""
 
 import csv
 import functools
@@ -17,6 +19,7 @@ import yaml
 
 from lit_lm.cli import LitLMCLI, main, resolved_config
 from tests.conftest import ROOT, InterruptAt, write_corpus
+from tests.precision_probe import PrecisionProbe, joining
 
 CONFIGS = ROOT / "configs"
 # configs/base/ holds what recipes build on, not recipes; configs/finetune/ holds fine-tuning tasks
@@ -69,8 +72,10 @@ def arguments(recipe: str, corpus: Path, precision: str, steps: int) -> list[str
             "--trainer.precision", precision, "--trainer.max_steps", str(steps)]
 
 
-def fit(recipe: str, corpus: Path, precision: str, steps: int, *extra: str) -> LitLMCLI:
-    return main(["fit", *arguments(recipe, corpus, precision, steps), *extra])
+def fit(recipe: str, corpus: Path, precision: str, steps: int, *extra: str, callbacks: tuple = ()) -> LitLMCLI:
+    """``train.py fit`` on the recipe, shrunk; ``callbacks`` join the recipe's (not saved in its config)."""
+    with joining(*callbacks):
+        return main(["fit", *arguments(recipe, corpus, precision, steps), *extra])
 
 
 def own_lines(recipe: Path) -> list[str]:
@@ -170,12 +175,22 @@ def train_losses(version: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
+# every recipe under each precision `auto` can pick (DESIGN.md): also the recipes that fix one, whose users override it
+# (gpt2-small's own comment: --trainer.precision 32-true on a CPU without bf16 units): 12 x 3 = 36 fits
+MATRIX = [(recipe, precision) for recipe in RECIPES for precision in PRECISIONS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe, precision", MATRIX)
 def test_every_recipe_trains_under_every_precision(recipe, precision, tiny_corpus):
-    cli = fit(recipe, tiny_corpus, precision, 2)
+    """Two optimizer steps through train.py with the recipe's own callbacks, forced to ``precision`` whatever this
+    CPU has; a probe inside the fit checks that the forward ran in that precision's dtype (autocast on, in bf16 or
+    fp16, for the mixed ones; off, in fp32, for 32-true) and that under 16-mixed the fp16 gradient scaler scaled the
+    loss handed to backward and unscaled the gradients before the optimizer saw them (tests/precision_probe.py)."""
+    probe = PrecisionProbe()
+    cli = fit(recipe, tiny_corpus, precision, 2, callbacks=[probe])
     assert cli.trainer.precision == precision and cli.trainer.global_step == 2
+    probe.check(cli.trainer, precision)
     version = run_folder(recipe) / "logs" / "version_0"
     saved = yaml.safe_load((version / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == precision
@@ -192,12 +207,18 @@ def test_every_recipe_trains_under_every_precision(recipe, precision, tiny_corpu
     ("quickstart.yaml", "32-true", "bf16-mixed"),
 ])
 def test_a_run_resumes_under_another_precision(recipe, first, second, larger_corpus):
+    """A run interrupted at step 2 goes on to step 4 under another precision, and computes in it: a probe in each
+    part checks its forward's dtype and the fp16 scaler where there is one (16-mixed resumed from bf16-mixed, whose
+    checkpoint holds no scaler state, starts a scaler of its own; 32-true resumed from 16-mixed has none)."""
+    before, after = PrecisionProbe(), PrecisionProbe()
     interrupted = LitLMCLI(args=arguments(recipe, larger_corpus, first, 4), run=False)
-    interrupted.trainer.callbacks.append(InterruptAt(step=2))
+    interrupted.trainer.callbacks += [before, InterruptAt(step=2)]
     with pytest.raises(SystemExit):  # Ctrl-C at step 2: the recipe's checkpoint callback saves last.ckpt
         interrupted.trainer.fit(interrupted.model, datamodule=interrupted.datamodule)
-    resumed = fit(recipe, larger_corpus, second, 4, "--ckpt_path", "last")
+    before.check(interrupted.trainer, first)
+    resumed = fit(recipe, larger_corpus, second, 4, "--ckpt_path", "last", callbacks=[after])
     assert resumed.trainer.precision == second and resumed.trainer.global_step == 4
+    after.check(resumed.trainer, second)
     logs = run_folder(recipe) / "logs"
     steps = [step for step, _ in train_losses(logs / "version_1")]
     assert steps and min(steps) >= 2  # it went on from the first run's step 2, in a version folder of its own

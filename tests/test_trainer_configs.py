@@ -8,6 +8,8 @@ import sys
 from unittest import mock
 
 import pytest
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from lit_lm.cli import LitLMCLI, resolved_config, run
@@ -53,10 +55,18 @@ def test_a_trainer_config_composes_with_a_recipe_and_changes_only_the_placement(
     assert any("docs/scale-out.md" in line for line in head) and len(head) >= 8
 
 
-def built_strategy(tmp_path, name: str):
-    """The strategy object the CLI builds for crammed-bert + ``name``, at a tiny shape (the Trainer itself, which
-    needs the GPUs, is not built)."""
+def data_words(tmp_path) -> list[str]:
     corpus = write_corpus(tmp_path / "corpus", n_files=2, paragraphs=10)
+    return ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.tokenizer.vocab_size", "200",
+            "--data.init_args.split", "paragraph", "--data.init_args.progress", "false",
+            "--data.init_args.num_proc", "1"]
+
+
+def built_strategy(tmp_path, name: str):
+    """The strategy object the CLI builds for crammed-bert + ``name`` (the Trainer itself is not built). Only for a
+    strategy whose Trainer cannot be built on a CPU: Lightning refuses FSDP there ("requires a GPU accelerator",
+    test_fsdp_is_refused_on_cpu_by_lightning), so the CLI is stopped where it would build the Trainer, with the
+    strategy already instantiated from the config."""
     built = {}
 
     def capture(cli, **kwargs):
@@ -64,18 +74,28 @@ def built_strategy(tmp_path, name: str):
         raise SystemExit(0)
 
     with mock.patch.object(LitLMCLI, "instantiate_trainer", capture), pytest.raises(SystemExit):
-        LitLMCLI(args=["fit", "--config", str(CRAMMED_BERT), "--config", trainer_config(name),
-                       "--data.init_args.paths", f"[{corpus}]", "--data.init_args.tokenizer.vocab_size", "200",
-                       "--data.init_args.split", "paragraph", "--data.init_args.progress", "false",
-                       "--data.init_args.num_proc", "1"])
+        LitLMCLI(args=["fit", "--config", str(CRAMMED_BERT), "--config", trainer_config(name), *data_words(tmp_path)])
     return built["strategy"]
 
 
 def test_the_ddp_config_builds_ddp_without_searching_for_unused_parameters(tmp_path):
-    strategy = built_strategy(tmp_path, "ddp.yaml")
-    assert isinstance(strategy, DDPStrategy)
+    """The real Trainer, as train.py builds it, with the DDP config on two CPU processes (gloo, as tests/test_ddp.py
+    trains it): nothing is started until fit, so it builds here."""
+    cli = LitLMCLI(args=["--config", str(CRAMMED_BERT), "--config", trainer_config("ddp.yaml"), *data_words(tmp_path),
+                         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true"],
+                   run=False)
+    trainer, strategy = cli.trainer, cli.trainer.strategy
+    assert type(strategy) is DDPStrategy
     settings = strategy._ddp_kwargs
     assert (settings["find_unused_parameters"], settings["gradient_as_bucket_view"]) == (False, True)
+    assert trainer.num_devices == 2 and trainer.world_size == 2 and strategy.num_processes == 2
+    assert isinstance(trainer.accelerator, CPUAccelerator) and strategy.root_device == torch.device("cpu")
+    assert strategy._get_process_group_backend() == "gloo"
+    assert type(strategy.launcher).__name__ == "_SubprocessScriptLauncher"  # train.py starts the second process
+    # the recipe's own callbacks, the batch ramp among them (it accepts DDP: the strategy leaves accumulation to it)
+    names = [type(c).__name__ for c in trainer.callbacks]
+    assert {"BatchSizeRamp", "OneCycleLR", "ThroughputMFU", "ModelCheckpoint"} <= set(names)
+    assert not strategy.handles_gradient_accumulation
 
 
 def test_the_fsdp_config_shards_per_transformer_block_and_saves_whole_checkpoints(tmp_path):

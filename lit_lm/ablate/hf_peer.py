@@ -1,7 +1,7 @@
 """The peer row of an ablation: what users would otherwise run, transformers' standard masked-LM recipe, trained
-under the same wall-clock budget on the same tokenized rows as a lit-lm variant.
+under the same budget (wall-clock seconds or optimizer steps) on the same tokenized rows as a lit-lm variant.
 
-    python -m lit_lm.ablate.hf_peer --config RUN.yaml --seconds S --heldout HELDOUT.pt --out DIR
+    python -m lit_lm.ablate.hf_peer --config RUN.yaml (--seconds S | --steps N) --heldout HELDOUT.pt --out DIR
 
 ``RUN.yaml`` is a whole resolved lit-lm config (``lit_lm.cli.resolved_config``). Its ``data`` section builds (or
 reuses) the same cached store, so the peer trains on the same tokenizer and rows, in the same order as a lit-lm run
@@ -24,9 +24,11 @@ transformers' default way, not lit-lm's:
   outside it, as lit-lm's ``Timer`` counts. ``BudgetCallback`` stops training at the first optimizer step after the
   budget is spent. So that warmup-then-decay ends at the budget, ``max_steps`` is estimated beforehand from a timed
   calibration (a few micro-batch steps of a throwaway copy of the model, times the accumulation); ``result.json``
-  says what was estimated.
-- Every ``--eval-every`` seconds of training (default a tenth of the budget) and at the end, with the budget clock
-  paused, the held-out set is scored: mean cross-entropy over every label != -100, in fp32.
+  says what was estimated. Or the budget is ``--steps N``: ``max_steps`` is N (at most one epoch), no calibration,
+  no time stop; the training seconds are only measured.
+- Every ``--eval-every`` seconds of training (with ``--steps``: optimizer steps; default a tenth of the budget) and
+  at the end, with the budget clock paused, the held-out set is scored: mean cross-entropy over every label != -100,
+  in fp32.
 
 Files written into ``--out``: ``curve.csv`` (step, train_seconds, tokens_seen, heldout_loss), ``model/``
 (``save_pretrained`` plus the tokenizer as transformers files; written to a temporary folder, then renamed) and,
@@ -68,7 +70,7 @@ MLM_PROBABILITY = 0.15  # BERT's masking rate; the collator replaces 80% with [M
 CURVE_COLUMNS = ("step", "train_seconds", "tokens_seen", "heldout_loss")
 RESULT_KEYS = ("steps", "train_seconds", "tokens_seen", "tokens_counted", "tokens_per_sec", "heldout_loss",
                "parameters", "precision", "precision_reason", "batch_size", "micro_batch_size",
-               "gradient_accumulation_steps", "max_steps", "max_steps_estimate", "stopped_by", "lr_schedule",
+               "gradient_accumulation_steps", "budget", "max_steps", "max_steps_estimate", "stopped_by", "lr_schedule",
                "model")
 TOKENS_COUNTED = "non-padding tokens (attention-mask sum) of every row in a finished optimizer step, as ThroughputMFU"
 TAIL_LINES = 40
@@ -212,12 +214,14 @@ def _transformers_callback():
     from transformers import TrainerCallback
 
     class BudgetCallback(TrainerCallback):
-        """Counts training seconds (paused while scoring), stops at the first optimizer step after ``seconds``,
-        scores the held-out set every ``eval_every`` seconds and at the end, and appends each point to ``curve``."""
+        """Counts training seconds (paused while scoring), stops at the first optimizer step after ``seconds`` (None:
+        no time stop), scores the held-out set every ``eval_every`` seconds (optimizer steps with ``by_steps``) and
+        at the end, and appends each point to ``curve``."""
 
-        def __init__(self, seconds: float, eval_every: float, heldout: dict, rows: OrderedRows, rows_per_step: int,
-                     curve: Path, eval_batch_size: int) -> None:
+        def __init__(self, seconds: float | None, eval_every: float, heldout: dict, rows: OrderedRows,
+                     rows_per_step: int, curve: Path, eval_batch_size: int, by_steps: bool = False) -> None:
             self.seconds, self.eval_every, self.heldout, self.rows = seconds, eval_every, heldout, rows
+            self.by_steps = by_steps
             self.rows_per_step, self.curve, self.eval_batch_size = rows_per_step, curve, eval_batch_size
             self.elapsed, self.started, self.next_eval = 0.0, None, eval_every
             self.tokens_seen, self.rows_counted, self.last_step, self.stopped_by = 0, 0, -1, "max_steps"
@@ -250,11 +254,12 @@ def _transformers_callback():
         def on_step_end(self, args, state, control, model=None, **kwargs):
             self._count_tokens(state.global_step)
             now = self.clock()
-            if now >= self.seconds:
+            if self.seconds is not None and now >= self.seconds:
                 control.should_training_stop, self.stopped_by = True, "time"
-            if now >= self.next_eval or control.should_training_stop or state.global_step >= state.max_steps:
+            done = state.global_step if self.by_steps else now  # how far through the budget, in its own unit
+            if done >= self.next_eval or control.should_training_stop or state.global_step >= state.max_steps:
                 self._score(model, state.global_step)
-                while self.next_eval <= now:
+                while self.next_eval <= done:
                     self.next_eval += self.eval_every
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -358,16 +363,21 @@ def calibrate(model, collator, rows_args: tuple, micro: int, precision: str, see
     return float(np.median(timer.durations)), len(timer.durations)
 
 
-def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval_every: float | None = None,
-               calibration_steps: int = 5, eval_batch_size: int = 64) -> dict:
-    """Train the peer for ``seconds`` of training and write ``out``'s files (module docstring); its result."""
-    if seconds <= 0:
+def train_peer(config: dict, seconds: float | None, heldout_path: Path, out: Path, eval_every: float | None = None,
+               calibration_steps: int = 5, eval_batch_size: int = 64, max_steps: int | None = None) -> dict:
+    """Train the peer for ``seconds`` of training, or for ``max_steps`` optimizer steps (then ``seconds`` is None),
+    and write ``out``'s files (module docstring); its result."""
+    if (seconds is None) == (max_steps is None):
+        raise ValueError("give the peer one budget: --seconds or --steps.")
+    if seconds is not None and not seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {seconds}.")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {max_steps}.")
     heldout = load_heldout(heldout_path)  # a wrong path fails at once, before the slow imports
     require_peer_packages()
     from transformers import DataCollatorForLanguageModeling, Trainer
 
-    eval_every = eval_every or seconds / 10
+    eval_every = eval_every or (seconds / 10 if max_steps is None else max(1, max_steps // 10))
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob("trainer-*"), *out.glob(".model-*")]:  # what an interrupted run left
         shutil.rmtree(stale)
@@ -388,21 +398,30 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=MLM_PROBABILITY)
     rows_args = (datamodule.train_store, datamodule.seed, datamodule.special_token_ids, one_epoch * rows_per_step)
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=out))
+    budget = {"kind": "seconds", "value": seconds} if max_steps is None else {"kind": "steps", "value": max_steps}
     try:
-        micro_seconds, timed = calibrate(model, collator, rows_args, micro, precision, seed, calibration_steps,
-                                         seconds * CALIBRATION_SHARE, scratch)
-        step_seconds = micro_seconds * accumulation  # the optimizer's own step, counted each time, is the noise
-        max_steps = max(1, min(one_epoch, math.floor(seconds / step_seconds)))
-        print(f"peer: {micro_seconds:.4f} s per micro-batch over {timed} timed, so {step_seconds:.4f} s per "
-              f"optimizer step of {accumulation}; max_steps {max_steps} (one epoch: {one_epoch})", flush=True)
+        if max_steps is None:
+            micro_seconds, timed = calibrate(model, collator, rows_args, micro, precision, seed, calibration_steps,
+                                             seconds * CALIBRATION_SHARE, scratch)
+            step_seconds = micro_seconds * accumulation  # the optimizer's own step, counted each time, is the noise
+            max_steps = max(1, min(one_epoch, math.floor(seconds / step_seconds)))
+            estimate = {"seconds_per_micro_batch": round(micro_seconds, 5), "timed_micro_batches": timed,
+                        "seconds_per_step": round(step_seconds, 5), "one_epoch_steps": one_epoch,
+                        "capped_by_epoch": max_steps == one_epoch}
+            print(f"peer: {micro_seconds:.4f} s per micro-batch over {timed} timed, so {step_seconds:.4f} s per "
+                  f"optimizer step of {accumulation}; max_steps {max_steps} (one epoch: {one_epoch})", flush=True)
+        else:  # a budget of steps: nothing to estimate, at most one epoch
+            max_steps, estimate = min(one_epoch, max_steps), None
+            print(f"peer: max_steps {max_steps} (one epoch: {one_epoch})", flush=True)
         curve = out / "curve.csv"
         with open(curve, "w", newline="") as f:
             csv.DictWriter(f, CURVE_COLUMNS).writeheader()
         rows = OrderedRows(*rows_args)
-        budget = _transformers_callback()(seconds, eval_every, heldout, rows, rows_per_step, curve, eval_batch_size)
+        clock = _transformers_callback()(seconds, eval_every, heldout, rows, rows_per_step, curve, eval_batch_size,
+                                         by_steps=budget["kind"] == "steps")
         args = _training_arguments(scratch, seed, micro, accumulation, max_steps, precision,
                                    log_every=max(1, max_steps // 20))
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[budget])
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[clock])
         state = trainer.train()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -410,16 +429,13 @@ def train_peer(config: dict, seconds: float, heldout_path: Path, out: Path, eval
     save_model(model, datamodule, out / "model")
     steps = state.global_step
     result = {
-        "steps": steps, "train_seconds": round(budget.elapsed, 3), "tokens_seen": budget.tokens_seen,
-        "tokens_counted": TOKENS_COUNTED, "tokens_per_sec": round(budget.tokens_seen / budget.elapsed, 1),
-        "heldout_loss": budget.points[-1]["heldout_loss"],
+        "steps": steps, "train_seconds": round(clock.elapsed, 3), "tokens_seen": clock.tokens_seen,
+        "tokens_counted": TOKENS_COUNTED, "tokens_per_sec": round(clock.tokens_seen / clock.elapsed, 1),
+        "heldout_loss": clock.points[-1]["heldout_loss"],
         "parameters": sum(p.numel() for p in model.parameters()), "precision": precision, "precision_reason": reason,
         "batch_size": rows_per_step, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
-        "max_steps": max_steps,
-        "max_steps_estimate": {"seconds_per_micro_batch": round(micro_seconds, 5), "timed_micro_batches": timed,
-                               "seconds_per_step": round(step_seconds, 5), "one_epoch_steps": one_epoch,
-                               "capped_by_epoch": max_steps == one_epoch},
-        "stopped_by": "epoch" if budget.stopped_by == "max_steps" and max_steps == one_epoch else budget.stopped_by,
+        "budget": budget, "max_steps": max_steps, "max_steps_estimate": estimate,
+        "stopped_by": "epoch" if clock.stopped_by == "max_steps" and max_steps == one_epoch else clock.stopped_by,
         "lr_schedule": {**BERT_SETTINGS, "warmup_steps": args.warmup_steps,
                         "optimizer": getattr(args.optim, "value", str(args.optim)),
                         "mlm_probability": MLM_PROBABILITY, "seed": seed,
@@ -446,21 +462,25 @@ def save_model(model, datamodule, folder: Path) -> None:
 
 
 # ---- for the ablation runner ----
-def run_hf_peer(config: dict, seconds: float, heldout: str | Path, out: str | Path, eval_every: float | None = None,
-                calibration_steps: int = 5, timeout: float | None = None) -> dict:
-    """Train the peer in a subprocess (``python -m lit_lm.ablate.hf_peer``, logging to ``out/train.log``) and return
-    ``out/result.json``'s dict; a folder already holding ``result.json`` is a finished run, returned as it is.
-    ``config`` is a whole resolved lit-lm config (written to ``out/run.yaml``). Raises PeerError with the log's tail
-    when the run fails."""
+def run_hf_peer(config: dict, seconds: float | None, heldout: str | Path, out: str | Path,
+                eval_every: float | None = None, calibration_steps: int = 5, timeout: float | None = None,
+                max_steps: int | None = None) -> dict:
+    """Train the peer in a subprocess (``python -m lit_lm.ablate.hf_peer``, logging to ``out/train.log``) for
+    ``seconds`` of training, or for ``max_steps`` optimizer steps (``seconds`` None: no time stop, no calibration),
+    and return ``out/result.json``'s dict; a folder already holding ``result.json`` is a finished run, returned as
+    it is. ``config`` is a whole resolved lit-lm config (written to ``out/run.yaml``). Raises PeerError with the
+    log's tail when the run fails."""
+    if (seconds is None) == (max_steps is None):
+        raise ValueError("run_hf_peer: give one budget, seconds or max_steps.")
     require_peer_packages()
     out = Path(out)
     if (out / "result.json").is_file():
         return json.loads((out / "result.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "lit_lm.ablate.hf_peer", "--config", str(out / "run.yaml"),
-               "--seconds", str(seconds), "--heldout", str(heldout), "--out", str(out),
-               "--calibration-steps", str(calibration_steps)]
+    budget = ["--seconds", str(seconds)] if max_steps is None else ["--steps", str(max_steps)]
+    command = [sys.executable, "-m", "lit_lm.ablate.hf_peer", "--config", str(out / "run.yaml"), *budget,
+               "--heldout", str(heldout), "--out", str(out), "--calibration-steps", str(calibration_steps)]
     if eval_every:
         command += ["--eval-every", str(eval_every)]
     root = str(Path(__file__).resolve().parents[2])  # this checkout's lit_lm, even where another one is installed
@@ -478,12 +498,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_lm.ablate.hf_peer", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="a whole resolved lit-lm config (YAML)")
-    parser.add_argument("--seconds", required=True, type=float, help="the training budget in seconds")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--seconds", type=float, help="the training budget in seconds (max_steps estimated to fit)")
+    budget.add_argument("--steps", type=int, help="the training budget in optimizer steps (no time stop)")
     parser.add_argument("--heldout", required=True, type=Path,
                         help="a torch.save'd dict of inputs, labels (-100: not scored) and attention_mask")
     parser.add_argument("--out", required=True, type=Path, help="the run's folder")
     parser.add_argument("--eval-every", type=float, default=None,
-                        help="seconds of training between held-out scores (default: a tenth of the budget)")
+                        help="seconds of training (with --steps: optimizer steps) between held-out scores (default: a "
+                             "tenth of the budget)")
     parser.add_argument("--calibration-steps", type=int, default=5,
                         help="micro-batches timed (at most; fewer once they add up to a twentieth of the budget) to "
                              "estimate max_steps, outside the budget")
@@ -493,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         require_peer_packages()
         config = yaml.safe_load(args.config.read_text())  # before the slow imports: a wrong path fails at once
         result = train_peer(config, args.seconds, args.heldout, args.out, args.eval_every, args.calibration_steps,
-                            args.eval_batch_size)
+                            args.eval_batch_size, max_steps=args.steps)
     except (ImportError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,5 @@
-"""Trains every variant of an ablation under the same wall-clock budget and scores each on the same held-out set.
+"""Trains every variant of an ablation under the same budget (wall-clock minutes or optimizer steps,
+``lit_lm.ablate.budget``) and scores each on the same held-out set.
 
 Each run is its own ``train.py fit`` process (``--config <recipe> <variant's words> <the ablation's words>``) in
 ``OUT/runs/<variant>/seed<k>``, with validation off (the whole budget trains) and ``lit_lm.callbacks.HeldOutLoss``
@@ -8,7 +9,7 @@ must keep the base's data settings: the same corpus, tokenizer, split and data o
 
 Interrupted (Ctrl-C, a crash, a reboot), the same command resumes: finished runs (``result.json``) are kept, and an
 interrupted run continues from its newest checkpoint with what is left of its budget (Lightning's Timer is restored
-from the checkpoint). A run with no checkpoint yet starts again.
+from the checkpoint; a budget of steps is the same ``max_steps`` again). A run with no checkpoint yet starts again.
 """
 
 import csv
@@ -23,10 +24,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lit_lm.ablate.budget import Budget
 from lit_lm.ablate.plots import plot_curves
 from lit_lm.ablate.results import RunResult, markdown_table, summarize
-from lit_lm.checkpoint import write_text_atomically
 from lit_lm.ablate.spec import Ablation, AblationFileError, Variant
+from lit_lm.checkpoint import write_text_atomically
 from lit_lm.heldout import HeldOutSet
 from lit_lm.runs import find_last_checkpoint
 
@@ -39,22 +41,14 @@ DATA_KEYS_FREE = ("batch_size", "num_workers")
 class Settings:
     """How every run of an ablation trains and is scored."""
 
-    minutes: float
+    budget: Budget
+    """Every run's budget: ``Budget("minutes", 10)`` or ``Budget("steps", 500)``."""
     out: Path
     words: list[str] = field(default_factory=list)
     """train.py words for every run, after the variant's own (e.g. ``--data.init_args.paths=[corpus/]``)."""
     eval_sequences: int = 512
     points: int = 10
     downstream: list[str] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> int:
-        return max(1, round(self.minutes * 60))
-
-    @property
-    def max_time(self) -> str:
-        s = self.seconds
-        return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def run_id(variant: Variant, seed: int) -> str:
@@ -74,16 +68,21 @@ class Runner:
     # ---- before anything trains ----
     def check_out_folder(self) -> dict:
         """``OUT/ablation.json``: what this folder's runs were trained with; another ablation's folder is refused."""
-        manifest = {"file": str(self.ablation.path), "minutes": self.settings.minutes, "words": self.settings.words,
-                    "eval_sequences": self.settings.eval_sequences, "points": self.settings.points}
+        budget = self.settings.budget
+        manifest = {"file": str(self.ablation.path), "minutes": budget.minutes, "budget": budget.to_json(),
+                    "words": self.settings.words, "eval_sequences": self.settings.eval_sequences,
+                    "points": self.settings.points}
         path = self.out / "ablation.json"
         if path.is_file():
             saved = json.loads(path.read_text())
-            differing = [k for k in manifest if k != "file" and saved.get(k) != manifest[k]]
+            saved["budget"] = Budget.from_json(saved).to_json()  # a folder from before budgets had kinds: minutes
+            differing = [k for k in manifest if k not in ("file", "minutes") and saved.get(k) != manifest[k]]
             if differing:
+                shown = [" ".join(Budget.from_json(saved).option) if k == "budget" else repr(saved.get(k))
+                         for k in differing]
                 raise AblationFileError(
                     f"{self.out} holds runs of an ablation with other settings ({', '.join(differing)}: "
-                    f"{', '.join(f'{saved.get(k)!r}' for k in differing)}); give another --out to compare settings.")
+                    f"{', '.join(shown)}); give another --out to compare settings.")
             manifest["group"] = saved["group"]
         else:
             manifest["group"] = f"{self.ablation.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -106,6 +105,14 @@ class Runner:
                 raise AblationFileError(f"variant {variant.name!r}: train.py refused its words "
                                         f"({' '.join(variant.words)}); see the message above.") from exit_
         ref = self.configs.get(reference.name)
+        if self.settings.budget.kind != "minutes":
+            for name, config in self.configs.items():
+                timed = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"].get("callbacks") or []
+                         if isinstance(c, dict) and (c.get("init_args") or {}).get("key") == "time"]
+                if timed:
+                    raise AblationFileError(
+                        f"variant {name!r}: {', '.join(timed)} follows the wall-clock budget (key: time), which a "
+                        f"--steps budget does not have; use --minutes, or key: auto (or steps) for this comparison.")
         if ref is None:
             raise AblationFileError(f"{self.ablation.path}: the reference variant {reference.name!r} must be a lit-lm "
                                     f"run, not a peer.")
@@ -135,8 +142,8 @@ class Runner:
         path = self.out / "heldout.pt"
         if path.is_file():
             return path
-        from jsonargparse import ArgumentParser
         import lightning as L
+        from jsonargparse import ArgumentParser
 
         ref = self.configs[self.ablation.reference.name]
         parser = ArgumentParser()
@@ -156,7 +163,7 @@ class Runner:
 
     def train_words(self, variant: Variant, seed: int, heldout: Path) -> list[str]:
         run_dir = self.run_dir(variant, seed)
-        words = [f"--trainer.max_time={self.settings.max_time}", f"--trainer.default_root_dir={run_dir}",
+        words = [*self.settings.budget.train_words(), f"--trainer.default_root_dir={run_dir}",
                  "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
                  "--trainer.enable_progress_bar=false", f"--seed_everything={seed}"]
         if variant.name not in self.other_objective:  # the held-out set scores the reference's objective only
@@ -184,7 +191,7 @@ class Runner:
         start = time.perf_counter()
         with open(run_dir / "train.log", "a") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            returncode = wait_with_progress(process, bar, self.settings.seconds)
+            returncode = wait_with_progress(process, bar, self.settings.budget)
         seconds = time.perf_counter() - start
         checkpoint, diverged = find_last_checkpoint([run_dir]), None
         if returncode != 0:
@@ -205,7 +212,8 @@ class Runner:
         model = read.model()
         callbacks = read.contents.get("callbacks", {})
         tokens = next((s["tokens_seen"] for k, s in callbacks.items() if k.startswith("ThroughputMFU")), None)
-        train_seconds = next((s["time_elapsed"]["train"] for k, s in callbacks.items() if k.startswith("Timer")), 0.0)
+        train_seconds = next((s["time_elapsed"]["train"] for k, s in callbacks.items()
+                              if k.startswith(("Timer", "TrainingClock"))), 0.0)
         scored = variant.name not in self.other_objective
         return RunResult(
             variant=variant.name, seed=seed, change=variant.description,
@@ -227,8 +235,10 @@ class Runner:
         start = time.perf_counter()
         config = {**self.configs[self.ablation.reference.name], "seed_everything": seed}
         peer_dir = run_dir / "peer"  # the peer's own files (result.json, curve.csv, model/), beside the runner's
-        result = run_hf_peer(config, self.settings.seconds, heldout, peer_dir)
-        bar.update(self.settings.seconds)
+        budget = self.settings.budget
+        result = run_hf_peer(config, budget.seconds, heldout, peer_dir,
+                             max_steps=budget.value if budget.kind == "steps" else None)
+        bar.update(budget.bar_units)
         model = from_hf(AutoModelForMaskedLM.from_pretrained(peer_dir / "model"))
         return RunResult(
             variant=variant.name, seed=seed, change=variant.description,
@@ -245,20 +255,21 @@ class Runner:
         self.resolve()
         heldout = self.heldout()
         runs = [(v, s) for s in range(self.ablation.seeds) for v in self.ablation.variants]
-        print(f"ablate: {len(runs)} runs of {self.settings.minutes:g} min each, results in {self.out}, wandb group "
+        budget = self.settings.budget
+        print(f"ablate: {len(runs)} runs of {budget.per_run} each, results in {self.out}, wandb group "
               f"{manifest['group']}", flush=True)
         results = []
-        with tqdm(total=len(runs) * self.settings.seconds, unit="s", desc="ablate", dynamic_ncols=True,
+        with tqdm(total=len(runs) * budget.bar_units, unit=budget.bar_unit, desc="ablate", dynamic_ncols=True,
                   mininterval=1 if sys.stderr.isatty() else 60,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} budget-s "
-                             "[{elapsed}<{remaining}]") as bar:
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} " + budget.bar_unit +
+                             " [{elapsed}<{remaining}]") as bar:
             for variant, seed in runs:
                 done = self.run_dir(variant, seed) / "result.json"
                 if done.is_file() and RunResult.load(done).words == list(variant.words):
                     results.append(RunResult.load(done))
-                    bar.update(self.settings.seconds)
+                    bar.update(budget.bar_units)
                     continue
-                bar.set_description(f"ablate: {run_id(variant, seed)}")
+                bar.set_description_str(f"ablate: {run_id(variant, seed)}")
                 result = (self.train_peer(variant, seed, heldout, bar) if variant.peer
                           else self.train(variant, seed, heldout, manifest["group"], bar))
                 result.save(done)
@@ -266,6 +277,10 @@ class Runner:
                 loss = "n/a (other objective)" if result.heldout_loss is None else f"{result.heldout_loss:.4f}"
                 tqdm.write(f"ablate: {run_id(variant, seed)}: held-out loss {loss} after {result.steps} steps, "
                            f"{result.tokens_seen or 0:,} tokens")
+                if budget.kind == "steps" and result.steps < budget.value and result.diverged_at_step is None:
+                    tqdm.write(f"ablate: {run_id(variant, seed)} ran out of data after {result.steps} of its "
+                               f"{budget.value} steps (one epoch, never a repeated row): add text to data.paths or "
+                               f"give fewer --steps.")
                 self.write(results)
         if self.settings.downstream:
             self.run_downstream(results)
@@ -297,8 +312,9 @@ class Runner:
         machine = (f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"lightning {L.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available()
                                                    else ""))
-        command = " ".join(["python -m lit_lm.ablate", shown_path(self.ablation.path), "--minutes",
-                            f"{self.settings.minutes:g}", "--out", shown_path(self.out),
+        budget = self.settings.budget
+        command = " ".join(["python -m lit_lm.ablate", shown_path(self.ablation.path), *budget.option,
+                            "--out", shown_path(self.out),
                             *(["--seeds", str(self.ablation.seeds)] if self.ablation.seeds > 1 else []),
                             *(["--only", ",".join(order)] if self.ablation.only else []),
                             *(["--downstream", ",".join(self.settings.downstream)] if self.settings.downstream else []),
@@ -306,8 +322,8 @@ class Runner:
         heldout = HeldOutSet.load(self.out / "heldout.pt")
         checks = self.ablation.description
         md = [f"# Ablation: {self.ablation.path.stem}", "", checks, "",
-              f"Every run trained from scratch for {self.settings.minutes:g} min of training time (the budget clock; "
-              f"data preparation outside it), on the same rows in the same order, and was scored on the same "
+              f"Every run trained from scratch for {budget.sentence}, on the same rows in the same order, and was "
+              f"scored on the same "
               f"{len(heldout.inputs)} held-out sequences ({heldout.scored_tokens:,} scored tokens"
               + (", the same 15% masks for every run" if heldout.objective == "masked" else "")
               + "), whatever it trained with"
@@ -324,7 +340,8 @@ class Runner:
               f"Command: `{command}`", "", f"Machine: {machine}.", ""]
         write_text_atomically(self.out / "results.md", "\n".join(md))
         write_text_atomically(self.out / "results.json", json.dumps({
-            "ablation": str(self.ablation.path), "minutes": self.settings.minutes, "seeds": self.ablation.seeds,
+            "ablation": str(self.ablation.path), "minutes": budget.minutes, "budget": budget.to_json(),
+            "seeds": self.ablation.seeds,
             "reference": reference, "command": command, "machine": machine,
             "heldout": {"sequences": len(heldout.inputs), "scored_tokens": heldout.scored_tokens,
                         "objective": heldout.objective, "data_card": heldout.card},
@@ -334,7 +351,7 @@ class Runner:
                           "tokens_per_sec": s.mean("tokens_per_sec")} for s in summaries],
             "runs": [{**asdict(r), "tokens_per_sec": r.tokens_per_sec} for r in results],
         }, indent=1))
-        plot_curves(results, order, self.out, f"{self.ablation.path.stem}: {self.settings.minutes:g} min per run")
+        plot_curves(results, order, self.out, f"{self.ablation.path.stem}: {budget.per_run} per run")
 
 
 def shown_path(path: Path) -> str:
@@ -356,21 +373,22 @@ def objective(config: dict) -> str:
     return REPLACED_TOKEN if class_path.endswith("ReplacedTokenDetectionModule") else "masked"
 
 
-def wait_with_progress(process: subprocess.Popen, bar: tqdm, budget: int) -> int:
-    """Waits for ``process``, moving ``bar`` by the seconds it runs (at most ``budget``); Ctrl-C reaches the process
-    too (same process group), which checkpoints and stops; then the runner stops, saying how to resume."""
-    start, shown = time.monotonic(), 0
+def wait_with_progress(process: subprocess.Popen, bar: tqdm, budget: Budget) -> int:
+    """Waits for ``process``, moving ``bar`` by the seconds it runs (at most its budget's) or, for a budget of steps,
+    by its steps when it ends; Ctrl-C reaches the process too (same process group), which checkpoints and stops; then
+    the runner stops, saying how to resume."""
+    start, shown, units = time.monotonic(), 0, budget.bar_units
     try:
         while process.poll() is None:
             time.sleep(0.5)
-            now = min(int(time.monotonic() - start), budget - 1)
+            now = min(int(time.monotonic() - start), units - 1) if budget.kind == "minutes" else 0
             if now > shown:
                 bar.update(now - shown)
                 shown = now
     except KeyboardInterrupt:
         process.wait()
         raise
-    bar.update(budget - shown)
+    bar.update(units - shown)
     return process.returncode
 
 

@@ -23,10 +23,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from lit_lm.data.dedup import DedupConfig, DedupStats, Deduplicator, hash_documents
+from lit_lm.data.dedup import DedupConfig, Deduplicator, DedupStats, hash_documents
 from lit_lm.data.sources import CorpusError, read_default_corpus
-from lit_lm.data.text import (CleaningConfig, DocumentSplit, decode, drop_long_lines, normalise, normalise_line_ends,
-                              split_documents)
+from lit_lm.data.text import (
+    CleaningConfig,
+    DocumentSplit,
+    decode,
+    drop_long_lines,
+    normalise,
+    normalise_line_ends,
+    split_documents,
+)
 
 if TYPE_CHECKING:
     from lit_lm.data.recipe import Recipe
@@ -50,11 +57,13 @@ class Counters:
     binary_files: int = 0
     """Text files left out because they are binary (see lit_lm.data.sources.sniff)."""
     empty_files: int = 0
+    damaged_files: int = 0
+    """Compressed files that end early or are corrupt: read up to the damage (see lit_lm.data.sources.DAMAGED)."""
     per_source_in: dict[int, int] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
-    """A few of the files left out, by why ("binary", "empty"), to name in the warning."""
+    """A few of the files left out, by why ("binary", "empty", "damaged"), to name in the warning."""
 
-    CARD = ("replaced_bytes", "bad_records", "long_lines", "binary_files", "empty_files")
+    CARD = ("replaced_bytes", "bad_records", "long_lines", "binary_files", "empty_files", "damaged_files")
     """The counts of cleaned-away input that the data card shows (besides bytes, docs_in, too_short, too_long)."""
 
     def add(self, other: "Counters") -> None:
@@ -120,7 +129,7 @@ def _chunks(recipe: Recipe, progress: tqdm, counters: Counters) -> Iterator[list
                [(i, source.blocks(recipe.split)) for i, source in enumerate(recipe.sources)])
     for index, blocks in streams:
         for kind, payload in blocks:
-            if kind == "skipped":  # a binary or empty file, left out whole
+            if kind == "skipped":  # a binary or empty file, left out whole; a damaged one from the damage on
                 why, path = payload
                 setattr(counters, f"{why}_files", getattr(counters, f"{why}_files") + 1)
                 counters.skipped.setdefault(why, []).append(path)
@@ -250,6 +259,10 @@ def cleaning_warnings(counters: Counters, cleaning: CleaningConfig) -> list[str]
                      "leave such files out of data.paths.")
     if counters.empty_files:
         lines.append(f"data.paths: left out {counters.empty_files} empty file(s) ({_some(counters.skipped['empty'])}).")
+    if counters.damaged_files:
+        lines.append(f"data.paths: {counters.damaged_files} compressed file(s) end early or are corrupt "
+                     f"({_some(counters.skipped['damaged'])}): their text up to the damage was kept, the rest left out "
+                     "(data card: damaged_files); download or compress them again to train on all of it.")
     if counters.replaced_bytes:
         lines.append(f"data.cleaning.encoding: {counters.replaced_bytes} byte sequence(s) were not valid "
                      f"{cleaning.encoding} and became U+FFFD (data card: replaced_bytes); if the files are in another "

@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,12 @@ SNIFF_BYTES = 8192  # a text file whose first this many bytes hold a NUL byte is
 
 # A raw block: (kind, payload). kind "text": bytes of a whole text file; "text-part": bytes of a slice of one, cut at a
 # boundary the document split never crosses; "jsonl": bytes of whole JSON lines; "records": a list of str;
-# "skipped": [why, path] of a text file left out whole ("binary" or "empty"), for the data card and a warning.
+# "skipped": [why, path] of a file left out ("binary" or "empty": whole; "damaged": a compressed file that ends early
+# or is corrupt, left out from the damage on), for the data card and a warning.
 Block = tuple[str, bytes | list[str]]
+
+DAMAGED = (EOFError, gzip.BadGzipFile, zlib.error)
+"""What reading a truncated or corrupt .gz file raises (an interrupted download or copy leaves one)."""
 
 
 class CorpusError(ValueError):
@@ -174,24 +179,35 @@ def _cut(buffer: bytes, separators: tuple[bytes, ...]) -> int:
 
 
 def _blocks(path: Path, separators: tuple[bytes, ...], kind: str) -> Iterator[Block]:
-    """A file in slices of about BLOCK_BYTES, each ending just after a separator (a line or paragraph break)."""
+    """A file in slices of about BLOCK_BYTES, each ending just after a separator (a line or paragraph break). A
+    compressed file that is damaged keeps its blocks before the damage; the unfinished one at the damage is dropped."""
     with _open(path) as f:
         buffer = b""
-        while chunk := f.read(BLOCK_BYTES):
-            buffer += chunk
-            end = _cut(buffer, separators)
-            if end:
-                yield kind, buffer[:end]
-                buffer = buffer[end:]
+        try:
+            while chunk := f.read(BLOCK_BYTES):
+                buffer += chunk
+                end = _cut(buffer, separators)
+                if end:
+                    yield kind, buffer[:end]
+                    buffer = buffer[end:]
+        except DAMAGED:
+            yield "skipped", ["damaged", str(path)]
+            return
         if buffer:
             yield kind, buffer
 
 
 def sniff(path: Path) -> str | None:
     """Why a text file cannot be read as text: "empty", "binary" (a NUL byte near its start: an image, an archive,
-    a UTF-16 file), or None."""
-    with _open(path) as f:
-        head = f.read(SNIFF_BYTES)
+    a UTF-16 file), "damaged" (a compressed file whose start cannot be read), or None."""
+    head = b""
+    try:
+        with _open(path) as f:  # in small reads: a damaged file still shows the part before the damage
+            while len(head) < SNIFF_BYTES and (piece := f.read(min(1024, SNIFF_BYTES - len(head)))):
+                head += piece
+    except DAMAGED:
+        if not head:
+            return "damaged"
     return "empty" if not head else "binary" if b"\x00" in head else None
 
 
@@ -199,9 +215,14 @@ def read_text_file(path: Path, split: str) -> Iterator[Block]:
     if (why := sniff(path)) is not None:
         yield "skipped", [why, str(path)]
         return
-    if split == "file":  # one document: read whole
-        with _open(path) as f:
-            yield "text", f.read()
+    if split == "file":  # one document: read whole, or left out whole when damaged (half a document is none)
+        try:
+            with _open(path) as f:
+                text = f.read()
+        except DAMAGED:
+            yield "skipped", ["damaged", str(path)]
+            return
+        yield "text", text
         return
     separators = (b"\n\n", b"\r\n\r\n", b"\r\r") if split == "paragraph" else (b"\n", b"\r")
     yield from _blocks(path, separators, "text-part")

@@ -11,6 +11,7 @@ from typing import Callable
 from lit_lm.hf.expressible import ACTIVATION_TO_HF, UnsupportedConfig, activation_from_hf, not_expressible
 from lit_lm.models.config import TransformerConfig
 
+
 def _shared_hf_kwargs(config: TransformerConfig) -> dict:
     return dict(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,

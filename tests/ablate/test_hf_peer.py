@@ -1,12 +1,13 @@
-"""The HuggingFace peer run: transformers' Trainer on lit-lm's rows under a wall-clock budget, scored like lit-lm."""
+"""The HuggingFace peer run: transformers' Trainer on lit-lm's rows for a budget of steps (the same work whatever the
+machine's speed), scored like lit-lm."""
 
+import ast
 import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,11 +17,11 @@ pytest.importorskip("accelerate")
 
 from lit_lm.ablate import hf_peer  # noqa: E402
 from lit_lm.cli import resolved_config  # noqa: E402
-from lit_lm.data.streaming import Permutation, epoch_seed  # noqa: E402
 from lit_lm.modules.masking import mask_tokens  # noqa: E402
 from tests.conftest import ROOT, fake_cpu, write_corpus  # noqa: E402
 
-SECONDS, EVAL_EVERY = 2.5, 0.5
+STEPS, EVAL_EVERY = 6, 2  # optimizer steps of 8 rows (micro-batches of 4, accumulated twice); a score every 2
+SECONDS = 2.5  # for the tests that never train
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "2",
         "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",
         "--model.init_args.config.max_position_embeddings", "32", "--data.init_args.tokenizer.vocab_size", "200",
@@ -59,6 +60,16 @@ def heldout(datamodule, tmp_path_factory) -> Path:
     return path
 
 
+def first_epoch_rows(datamodule, rows: int) -> list[dict]:
+    """The first ``rows`` rows lit-lm's own training loader serves (epoch 0), one dict of tensors per row."""
+    served = []
+    for batch in datamodule.train_dataloader():
+        served += [{key: value[i] for key, value in batch.items()} for i in range(len(batch["input_ids"]))]
+        if len(served) >= rows:
+            return served[:rows]
+    raise AssertionError(f"the training split has fewer than {rows} rows")
+
+
 @pytest.fixture(scope="module")
 def run(config, heldout, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("run") / "peer"
@@ -68,7 +79,7 @@ def run(config, heldout, tmp_path_factory) -> tuple[dict, Path]:
     (out / "curve.csv").write_text("step,train_seconds,tokens_seen,heldout_loss\n999,1.0,1,9.9\n")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")  # one thread: a tiny model's steps stay fast on a CPU shared with others
-        return hf_peer.run_hf_peer(config, SECONDS, heldout, out, eval_every=EVAL_EVERY, calibration_steps=3), out
+        return hf_peer.run_hf_peer(config, None, heldout, out, eval_every=EVAL_EVERY, max_steps=STEPS), out
 
 
 def read_curve(out: Path) -> list[dict]:
@@ -76,45 +87,52 @@ def read_curve(out: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def test_the_subprocess_trains_within_the_budget_and_writes_its_result(run, datamodule):
+@pytest.mark.slow
+def test_the_subprocess_trains_the_given_steps_and_writes_its_result(run, datamodule):
     result, out = run
     assert tuple(result) == hf_peer.RESULT_KEYS
     assert json.loads((out / "result.json").read_text()) == result
     assert (result["micro_batch_size"], result["gradient_accumulation_steps"], result["batch_size"]) == (4, 2, 8)
-    assert result["steps"] >= 3 and result["steps"] <= result["max_steps"]
-    estimate = result["max_steps_estimate"]
-    assert 1 <= estimate["timed_micro_batches"] <= 3
-    assert estimate["seconds_per_step"] == pytest.approx(2 * estimate["seconds_per_micro_batch"], rel=1e-3)
-    step = result["train_seconds"] / result["steps"]
-    assert result["train_seconds"] <= SECONDS + 3 * step  # the time stop acts at the first step past the budget
-    if result["stopped_by"] != "time":  # the estimated schedule (or the epoch) ended before the budget
-        assert result["steps"] == result["max_steps"]
-    else:
-        assert result["train_seconds"] >= SECONDS
-    assert result["lr_schedule"]["warmup_steps"] == hf_peer.warmup_steps(result["max_steps"])
-    assert (hf_peer.warmup_steps(99), hf_peer.warmup_steps(250)) == (0, 2)  # none below 100 steps
-    # tokens: the real tokens of the first steps x 8 rows in lit-lm's first-epoch order
-    store = datamodule.train_store
-    rows = Permutation(len(store), epoch_seed(datamodule.seed, 0))(np.arange(result["steps"] * 8))
-    assert result["tokens_seen"] == int(store.read(rows)[1].sum())
+    assert result["budget"] == {"kind": "steps", "value": STEPS}
+    assert result["steps"] == result["max_steps"] == STEPS and result["stopped_by"] == "max_steps"
+    assert result["max_steps_estimate"] is None  # nothing calibrated: the steps are given
+    # BERT's 1% warmup, rounded down: 0.06 of a step is none; then linear decay from 1e-4 towards 0 over the 6
+    # steps: step k (from 0) trains at 1e-4 x (6 - k) / 6, as the Trainer logs it after each step (to 4 digits)
+    assert result["lr_schedule"]["warmup_steps"] == 0
+    logs = [ast.literal_eval(line) for line in (out / "train.log").read_text().splitlines()
+            if line.startswith("{'loss'")]
+    assert [float(log["learning_rate"]) for log in logs] == pytest.approx(
+        [1e-4, 8.333e-5, 6.667e-5, 5e-5, 3.333e-5, 1.667e-5], rel=1e-3)
+    # tokens: the real tokens of the first 6 steps x 8 rows lit-lm's own loader serves
+    rows = first_epoch_rows(datamodule, STEPS * 8)
+    assert result["tokens_seen"] == sum(int(row["attention_mask"].sum()) for row in rows)
     # the Trainer's own training loss is a mean over the accumulated batch, not their sum (transformers#47688)
-    log = (out / "train.log").read_text()
-    train_loss = float(log.rsplit("'train_loss': '", 1)[1].split("'")[0])
+    train_loss = float(ast.literal_eval(next(line for line in (out / "train.log").read_text().splitlines()
+                                             if line.startswith("{'train_runtime'")))["train_loss"])
     assert train_loss == pytest.approx(result["heldout_loss"], rel=0.25)
-    assert result["tokens_per_sec"] == pytest.approx(result["tokens_seen"] / result["train_seconds"], rel=1e-3)
+    # train_seconds is rounded to 1 ms (a relative error of 0.0005 / train_seconds), tokens_per_sec to 0.1
+    rate, seconds = result["tokens_seen"] / result["train_seconds"], result["train_seconds"]
+    assert abs(result["tokens_per_sec"] - rate) <= rate * 0.0005 / seconds + 0.05
 
 
-def test_the_curve_has_points_through_training_and_the_loss_falls(run):
+@pytest.mark.slow
+def test_the_curve_has_a_point_every_two_steps_and_the_loss_falls(run, datamodule):
     result, out = run
     curve = read_curve(out)
-    assert len(curve) >= 3
-    assert [row["step"] for row in curve] == sorted({row["step"] for row in curve})
-    assert all(a["train_seconds"] < b["train_seconds"] and a["tokens_seen"] < b["tokens_seen"]
-               for a, b in zip(curve, curve[1:]))
-    assert curve[-1]["step"] == result["steps"] and curve[-1]["heldout_loss"] == pytest.approx(result["heldout_loss"])
+    assert [row["step"] for row in curve] == [2, 4, 6]  # every EVAL_EVERY steps, the last at the end
+    rows = first_epoch_rows(datamodule, STEPS * 8)
+    assert [row["tokens_seen"] for row in curve] == [
+        sum(int(r["attention_mask"].sum()) for r in rows[:8 * step]) for step in (2, 4, 6)]
+    assert all(a["train_seconds"] < b["train_seconds"] for a, b in zip(curve, curve[1:]))  # the clock counts on
+    assert curve[-1]["heldout_loss"] == pytest.approx(result["heldout_loss"])
     assert curve[-1]["heldout_loss"] < curve[0]["heldout_loss"]
 
 
+def test_warmup_is_one_percent_of_the_steps_rounded_down():
+    assert [hf_peer.warmup_steps(n) for n in (6, 99, 100, 199, 250)] == [0, 0, 1, 1, 2]
+
+
+@pytest.mark.slow
 def test_the_saved_model_reloads_and_scores_the_same_through_lit_lm(run, heldout):
     from transformers import AutoTokenizer, BertForMaskedLM
 
@@ -137,12 +155,14 @@ def test_the_saved_model_reloads_and_scores_the_same_through_lit_lm(run, heldout
     assert not (out / "model" / "stale.txt").exists()
 
 
+@pytest.mark.slow  # its fixture, the run, starts the peer's process
 def test_a_finished_run_is_detected_by_its_result(run, heldout, monkeypatch):
     result, out = run
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
-    assert hf_peer.run_hf_peer({}, SECONDS, heldout, out) == result
+    assert hf_peer.run_hf_peer({}, None, heldout, out, max_steps=STEPS) == result
 
 
+@pytest.mark.slow  # starts a process (a stand-in for the interpreter)
 def test_a_failed_run_raises_with_the_end_of_its_log(tmp_path, monkeypatch):
     python = tmp_path / "python"  # stands in for the interpreter: a long log, then a failure
     python.write_text("#!/bin/sh\nfor i in $(seq 1 100); do echo line $i; done\necho 'error: it broke' >&2\nexit 3\n")
@@ -163,23 +183,25 @@ def test_the_command_line_names_a_wrong_held_out_file_in_one_line(config, tmp_pa
     assert "missing.pt" in capsys.readouterr().err
 
 
-def test_the_collator_masks_15_percent_of_the_real_tokens_80_10_10(datamodule):
-    from transformers import DataCollatorForLanguageModeling
-
-    rows = hf_peer.OrderedRows(datamodule.train_store, datamodule.seed, datamodule.special_token_ids, limit=256)
+def test_the_rows_are_lit_lm_s_first_epoch_in_order_with_their_lengths_and_special_tokens(datamodule):
+    rows = hf_peer.OrderedRows(datamodule.train_store, datamodule.seed, datamodule.special_token_ids, limit=40,
+                               chunk=16)  # chunks of 16: the order must run on across them
     examples = list(rows)
-    torch.manual_seed(0)
-    tokenizer = hf_peer.hf_tokenizer(datamodule)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=hf_peer.MLM_PROBABILITY)
-    batch = collator(examples)
-    ids = torch.stack([e["input_ids"] for e in examples])
-    special = torch.isin(ids, torch.tensor(datamodule.special_token_ids))
-    masked = batch["labels"] != -100
-    assert not (masked & special).any()  # [CLS], [SEP], [PAD] are never predicted
-    assert masked.sum() / (~special).sum() == pytest.approx(0.15, abs=0.02)
-    assert (batch["input_ids"][masked] == datamodule.mask_token_id).float().mean() == pytest.approx(0.8, abs=0.05)
-    assert torch.equal(batch["labels"][masked], ids[masked])
-    assert rows.lengths == [int(n) for n in batch["attention_mask"].sum(1)]
+    served = first_epoch_rows(datamodule, 40)
+    assert len(examples) == 40  # the limit
+    assert torch.equal(torch.stack([e["input_ids"] for e in examples]), torch.stack([r["input_ids"] for r in served]))
+    assert torch.equal(torch.stack([e["attention_mask"] for e in examples]),
+                       torch.stack([r["attention_mask"] for r in served]))
+    assert rows.lengths == [int(r["attention_mask"].sum()) for r in served]
+    tokenizer = datamodule.tokenizer
+    special = {tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]")} - {None}
+    for example in examples:
+        ids = example["input_ids"].tolist()
+        assert example["special_tokens_mask"].tolist() == [int(i in special) for i in ids]
+        assert ids[0] == tokenizer.token_to_id("[CLS]")  # BERT's rows open with [CLS]: never a masking candidate
+        assert example["special_tokens_mask"][0] == 1
+    again = [e["input_ids"] for e in rows]  # a second pass starts over, its lengths too
+    assert torch.equal(torch.stack(again), torch.stack([e["input_ids"] for e in examples])) and len(rows.lengths) == 40
 
 
 def test_batch_sizes_follow_the_ramp_target_or_the_fixed_accumulation():
@@ -212,3 +234,13 @@ def test_a_missing_accelerate_says_what_to_install(monkeypatch, capsys, tmp_path
         hf_peer.main(["--config", "x.yaml", "--seconds", "1", "--heldout", "h.pt", "--out", str(tmp_path)])
     assert exit_.value.code == 2
     assert "pip install 'lit-lm[peer]'" in capsys.readouterr().err
+
+
+def test_the_peer_takes_one_budget_seconds_or_steps(tmp_path, capsys):
+    for seconds, steps in ((SECONDS, STEPS), (None, None)):
+        with pytest.raises(ValueError, match="one budget"):
+            hf_peer.run_hf_peer({}, seconds, tmp_path / "heldout.pt", tmp_path / "out", max_steps=steps)
+    with pytest.raises(SystemExit) as exit_:
+        hf_peer.main(["--config", "x.yaml", "--seconds", "1", "--steps", "2", "--heldout", "h.pt", "--out", "o"])
+    assert exit_.value.code == 2 and "not allowed with argument --seconds" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,5 @@
 """Tiny LightningModules and trainers for callback tests: a linear model on token-like batches."""
 
-import time
-
 import lightning as L
 import torch
 
@@ -20,10 +18,10 @@ def token_batches(n: int, rows: int = 2, length: int = 8, seed: int = 0) -> list
 class LinearOnTokens(L.LightningModule):
     """A linear model whose loss depends on each batch; records what every training step saw."""
 
-    def __init__(self, n_batches: int = 200, rows: int = 2, lr: float = 0.1, step_seconds: float = 0.0) -> None:
+    def __init__(self, n_batches: int = 200, rows: int = 2, lr: float = 0.1) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(8, 1)
-        self.n_batches, self.rows, self.lr, self.step_seconds = n_batches, rows, lr, step_seconds
+        self.n_batches, self.rows, self.lr = n_batches, rows, lr
         self.seen: list[dict] = []  # per micro-batch: index, accumulation, lr, tokens
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -31,8 +29,6 @@ class LinearOnTokens(L.LightningModule):
         return (self.layer(x) - 1).pow(2).mean()
 
     def training_step(self, batch, batch_idx):
-        if self.step_seconds:
-            time.sleep(self.step_seconds)
         self.seen.append({"batch_idx": batch_idx, "accumulation": self.trainer.accumulate_grad_batches,
                           "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "step": self.trainer.global_step,
                           "tokens": int(batch["attention_mask"].sum()), "batch": batch})

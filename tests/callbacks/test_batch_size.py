@@ -3,12 +3,14 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_lm.callbacks import BatchSizeRamp, OneCycleLR, ThroughputMFU
+from lit_lm.callbacks.batch_size import micro_batch_rows
 from tests.callbacks.helpers import LinearOnTokens, quiet_trainer
 from tests.conftest import ROOT
 
@@ -83,18 +85,36 @@ def test_ramp_accumulates_exact_windows_with_the_schedule_and_token_count_intact
     assert throughput.tokens_seen < sum(s["batch"]["input_ids"].numel() for s in model.seen)
 
 
+class StopAtStep(Callback):
+    """Ends training once the optimizer step reaches ``step`` (a run whose max_steps only sets the schedule)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 def test_the_factor_is_restored_on_resume(tmp_path):
+    """A finished run continued with a larger max_steps: its progress drops (8/8 -> 8/100), so the schedule's target
+    falls below the factor already reached. The factor never shrinks, so the resumed run keeps the checkpoint's
+    factor; only a restored factor can show that (a factor restarted at 1 would follow the low target)."""
     checkpoints = tmp_path / "checkpoints"
     first = LinearOnTokens()
     quiet_trainer(tmp_path, max_steps=8, enable_checkpointing=True, callbacks=[
         BatchSizeRamp(16, 0.5, key="steps"), ModelCheckpoint(dirpath=checkpoints, save_last=True)]).fit(first)
     reached = first.seen[-1]["accumulation"]
-    assert reached > 1
+    assert reached == 8  # the target (16 sequences / 2 rows), reached at half of the 8 steps
     second = LinearOnTokens()
-    quiet_trainer(tmp_path, max_steps=10, enable_checkpointing=True, callbacks=[
-        BatchSizeRamp(16, 0.5, key="steps"), ModelCheckpoint(dirpath=checkpoints, save_last=True)],
+    ramp = BatchSizeRamp(16, 0.5, key="steps")
+    quiet_trainer(tmp_path, max_steps=100, enable_checkpointing=True, callbacks=[
+        ramp, ModelCheckpoint(dirpath=checkpoints, save_last=True), StopAtStep(12)],
     ).fit(second, ckpt_path=str(checkpoints / "last.ckpt"))
-    assert second.seen[0]["accumulation"] >= reached
+    # what the schedule alone asks for over the resumed steps 8..12 of 100: at most 1 + floor(7 * 0.24) = 2
+    assert max(ramp.target_accumulation(step / 100) for step in range(8, 13)) == 2 < reached
+    assert second.seen[0]["step"] == 8 and second.seen[-1]["step"] == 11
+    assert [s["accumulation"] for s in second.seen] == [reached] * (4 * reached)  # 4 steps at the restored factor
 
 
 def test_ramp_refuses_a_fixed_accumulation_and_a_target_that_does_not_divide(tmp_path):
@@ -126,3 +146,105 @@ def test_no_gradient_all_reduce_between_accumulation_steps_under_ddp(tmp_path):
         else:
             assert a["grad"] != pytest.approx(b["grad"], rel=1e-3)  # only local gradients so far
     assert ranks[0]["tokens_seen"] == ranks[1]["tokens_seen"] == ranks[0]["local_tokens"] + ranks[1]["local_tokens"]
+
+
+# ---- the pieces, on fake trainers: micro-batch sizes, the settings, the schedule's edges, what is logged ----
+def test_micro_batch_rows_of_each_batch_form():
+    assert micro_batch_rows({"input_ids": torch.zeros(3, 5)}) == 3
+    assert micro_batch_rows((torch.zeros(3, 5), torch.zeros(7))) == 3  # (inputs, labels): the inputs' rows
+    assert micro_batch_rows([torch.zeros(2, 4), torch.zeros(9)]) == 2
+    assert micro_batch_rows(torch.zeros(4, 2)) == 4
+
+
+@pytest.mark.parametrize("settings", [dict(target_batch_size=1), dict(target_batch_size=8, ramp_fraction=0.0),
+                                      dict(target_batch_size=8, ramp_fraction=1.0),
+                                      dict(target_batch_size=8, mode="stepped", key="time")])
+def test_settings_at_their_bounds_are_allowed(settings):
+    BatchSizeRamp(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(target_batch_size=0), r"BatchSizeRamp.target_batch_size must be >= 1, got 0"),
+    (dict(ramp_fraction=1.5), r"BatchSizeRamp.ramp_fraction must be in \[0, 1\], got 1.5"),
+    (dict(ramp_fraction=-0.1), r"BatchSizeRamp.ramp_fraction must be in \[0, 1\], got -0.1"),
+    (dict(mode="cosine"), r"BatchSizeRamp.mode must be 'linear' or 'stepped', got 'cosine'"),
+    (dict(key="epochs"), r"BatchSizeRamp.key must be 'auto', 'steps' or 'time', got 'epochs'"),
+])
+def test_settings_out_of_range_are_refused_naming_them(settings, message):
+    with pytest.raises(ValueError, match=message):
+        BatchSizeRamp(**{"target_batch_size": 8, **settings})
+
+
+def test_the_ramp_fraction_at_its_bounds():
+    """ramp_fraction 0: the target from the start; 1: the ramp takes the whole run (linear: 1 + floor(7 p))."""
+    assert [ramp(target=64, fraction=0.0).target_accumulation(p) for p in (0.0, 0.5)] == [8, 8]
+    assert [ramp(target=64, fraction=1.0).target_accumulation(p) for p in (0.0, 0.5, 0.99, 1.0)] == [1, 4, 7, 8]
+
+
+def test_stepped_ramp_to_two_micro_batches_reaches_them():
+    r = ramp(target=16, fraction=0.5, mode="stepped")  # 1, then 2 micro-batches: one doubling
+    assert [r.target_accumulation(p) for p in (0.0, 0.49, 0.5, 1.0)] == [1, 1, 2, 2]
+
+
+def test_a_factor_no_larger_one_divides_is_kept():
+    assert BatchSizeRamp.aligned_accumulation(3, 5, 7) == 3  # neither 3, 4 nor 5 divides batch 7: keep the factor
+
+
+def test_a_checkpoint_without_the_factor_restores_one():
+    r = BatchSizeRamp(16)
+    r.accumulation = 4
+    r.load_state_dict({})
+    assert r.accumulation == 1
+
+
+def test_a_target_below_one_micro_batch_is_refused_with_the_nearest_that_works(tmp_path):
+    with pytest.raises(ValueError, match=r"data.batch_size 2 x 1 device\(s\) = 2\); set it to 2\.$"):
+        quiet_trainer(tmp_path, max_steps=2, callbacks=[BatchSizeRamp(1)]).fit(LinearOnTokens())
+
+
+def test_a_run_without_a_limit_is_refused_before_training(tmp_path):
+    model = LinearOnTokens()
+    trainer = quiet_trainer(tmp_path, max_steps=-1, max_epochs=-1, callbacks=[BatchSizeRamp(16)])
+    with pytest.raises(ValueError, match=r"BatchSizeRamp \(key='auto'\) needs a budget: set trainer.max_time"):
+        trainer.fit(model)
+    assert model.seen == []
+
+
+class Strategy:
+    handles_gradient_accumulation = False
+
+
+class DeepSpeedStrategy(Strategy):  # stands for Lightning's (deepspeed is not installed)
+    handles_gradient_accumulation = True
+
+
+def test_a_module_or_strategy_that_rules_out_changing_the_accumulation_is_refused():
+    manual = SimpleNamespace(automatic_optimization=False)
+    trainer = SimpleNamespace(accumulate_grad_batches=1, strategy=Strategy())
+    with pytest.raises(ValueError, match=r"BatchSizeRamp needs Lightning's automatic optimization \(the module turned "
+                                         r"it off\)"):
+        BatchSizeRamp(16).setup(trainer, manual, "fit")
+    deepspeed = SimpleNamespace(accumulate_grad_batches=1, strategy=DeepSpeedStrategy())
+    with pytest.raises(ValueError, match=r"BatchSizeRamp cannot change the accumulation of the DeepSpeedStrategy "
+                                         r"strategy, which fixes it at start; use a fixed "
+                                         r"trainer.accumulate_grad_batches instead"):
+        BatchSizeRamp(16).setup(deepspeed, SimpleNamespace(automatic_optimization=True), "fit")
+    BatchSizeRamp(16).setup(deepspeed, manual, "validate")  # only fitting is checked
+
+
+def test_the_logged_batch_counts_sequences_across_devices():
+    """train/batch_size = rows x micro-batches x devices: 2 rows on each of 2 devices, one micro-batch at the start
+    (4 sequences), the target's 4 micro-batches at the end (16)."""
+    logged = []
+    module = SimpleNamespace(log=lambda name, value: logged.append((name, value)))
+    r = BatchSizeRamp(16, ramp_fraction=0.5, key="steps")
+
+    def trainer(step):
+        return SimpleNamespace(accumulate_grad_batches=1, world_size=2, global_step=step, max_steps=10,
+                               max_epochs=None, num_training_batches=float("inf"), callbacks=[],
+                               fit_loop=SimpleNamespace(total_batch_idx=0))
+
+    batch = {"input_ids": torch.zeros(2, 8)}
+    r.on_train_batch_start(trainer(0), module, batch, 0)
+    r.on_train_batch_start(trainer(10), module, batch, 0)
+    assert logged == [("train/batch_size", 4.0), ("train/batch_size", 16.0)] and r.max_accumulation == 4

@@ -1,10 +1,14 @@
 """ModelCheckpoint: last.ckpt holds the state at the end of training, however the run ended."""
 
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_lm.callbacks import ModelCheckpoint
+from lit_lm.callbacks.checkpoint import reopen_epoch
 from lit_lm.runs import ResumeError
 from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
 
@@ -30,7 +34,8 @@ def test_last_checkpoint_when_the_time_budget_ends_the_run(tmp_path, monkeypatch
     trainer = quiet_trainer(tmp_path, max_time={"seconds": 60}, callbacks=[checkpoint],
                             enable_checkpointing=True)
     trainer.fit(module)
-    assert 4 < trainer.global_step < 200 and trainer.global_step % 4 != 0
+    # the budget is checked at each batch end: 10 s, 20 s, ... 60 s >= 60 s at the 6th, between the saves at 4 and 8
+    assert trainer.global_step == 6 and len(module.seen) == 6
     assert final_step(tmp_path / "last.ckpt") == trainer.global_step
 
 
@@ -53,10 +58,13 @@ def test_a_fixed_folder_with_another_runs_checkpoints_is_refused_unless_resuming
 
     fit(3)
     first = (folder / "last.ckpt").read_bytes()
-    with pytest.raises(ResumeError, match=r"already holds another run's checkpoints.*--ckpt_path last"):
+    with pytest.raises(ResumeError, match=r"already holds another run's checkpoints. Resume that run with --ckpt_path "
+                                          r"last, or leave the ModelCheckpoint's dirpath unset so that every run "
+                                          r"checkpoints into its own version folder"):
         fit(3)  # a fresh run into the same folder
     assert (folder / "last.ckpt").read_bytes() == first  # the refusal saved nothing over the first run
-    assert fit(5, ckpt_path=str(folder / "last.ckpt")).global_step == 5  # resuming it is allowed
+    with pytest.warns(UserWarning, match="exists and is not empty"):  # Lightning's own word on the folder, kept
+        assert fit(5, ckpt_path=str(folder / "last.ckpt")).global_step == 5  # resuming it is allowed
 
 
 # ---- through train.py: a run that stopped at its step limit goes on when resumed with a larger one ----
@@ -150,3 +158,98 @@ def test_a_resumed_masked_lm_run_draws_the_uninterrupted_run_s_masks(tmp_path, m
     resumed, reference = (final_weights(tmp_path / d / "runs" / "quickstart") for d in ("resumed", "whole"))
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0)
+
+
+# ---- the pieces, on fake trainers: the atomic writer, no save inside a window, an epoch left open ----
+def epoch_progress(started: int, processed: int, completed: int) -> dict:
+    counts = lambda: {"ready": started, "started": started, "processed": processed, "completed": completed}  # noqa: E731
+    return {"loops": {"fit_loop": {"epoch_progress": {"total": counts(), "current": counts()}}}, "epoch": completed}
+
+
+def test_reopen_epoch_marks_the_last_epoch_started_but_not_done():
+    """Lightning's counts for an epoch that ended (its loop finished): started 3, processed 3, completed 3. Reopened,
+    the third epoch is started but neither processed nor completed, and ``epoch`` counts the two completed ones."""
+    checkpoint = epoch_progress(3, 3, 3)
+    reopen_epoch(checkpoint)
+    for counts in checkpoint["loops"]["fit_loop"]["epoch_progress"].values():
+        assert counts == {"ready": 3, "started": 3, "processed": 2, "completed": 2}
+    assert checkpoint["epoch"] == 2
+    inside = epoch_progress(1, 0, 0)  # a save from inside the first epoch: already so
+    reopen_epoch(inside)
+    assert inside == epoch_progress(1, 0, 0)
+    nothing = epoch_progress(0, 0, 0)  # no epoch started: nothing goes below zero
+    reopen_epoch(nothing)
+    assert nothing == epoch_progress(0, 0, 0)
+
+
+def saving_trainer(fn=TrainerFn.FITTING, is_last_batch=False):
+    batch_progress = SimpleNamespace(is_last_batch=is_last_batch)
+    return SimpleNamespace(state=SimpleNamespace(fn=fn),
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batch_progress)))
+
+
+def test_only_a_fit_stopped_before_its_data_ran_out_saves_an_open_epoch():
+    callback = ModelCheckpoint()
+    stopped = epoch_progress(1, 1, 1)  # a budget or max_steps ended the fit; Lightning counted the epoch as done
+    callback.on_save_checkpoint(saving_trainer(), None, stopped)
+    assert stopped["epoch"] == 0 and stopped["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    for trainer in (saving_trainer(is_last_batch=True), saving_trainer(fn=TrainerFn.VALIDATING)):
+        done = epoch_progress(1, 1, 1)  # the data ran out, or not a fit: the epoch stays as Lightning counted it
+        callback.on_save_checkpoint(trainer, None, done)
+        assert done == epoch_progress(1, 1, 1)
+    weights_only = {"state_dict": {}}  # a checkpoint without loop state is left alone
+    callback.on_save_checkpoint(saving_trainer(), None, weights_only)
+    assert weights_only == {"state_dict": {}}
+
+
+def test_no_periodic_save_inside_an_accumulation_window(monkeypatch, tmp_path):
+    """Lightning's epoch loop says whether a micro-batch is inside a window (``_should_accumulate``); inside one, the
+    periodic save is skipped. A Lightning without the method saves as it would."""
+    assert callable(quiet_trainer(tmp_path, max_steps=1).fit_loop.epoch_loop._should_accumulate)  # what is relied on
+    calls = []
+    monkeypatch.setattr(pl.callbacks.ModelCheckpoint, "on_train_batch_end", lambda self, *args: calls.append(args))
+    callback = ModelCheckpoint()
+
+    def trainer(**epoch_loop):
+        return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(**epoch_loop)))
+
+    callback.on_train_batch_end(trainer(_should_accumulate=lambda: True), "module", "outputs", "batch", 3)
+    assert calls == []
+    closing, older = trainer(_should_accumulate=lambda: False), trainer()
+    callback.on_train_batch_end(closing, "module", "outputs", "batch", 3)
+    callback.on_train_batch_end(older, "module", "outputs", "batch", 4)
+    assert calls == [(closing, "module", "outputs", "batch", 3), (older, "module", "outputs", "batch", 4)]
+
+
+def test_checkpoints_are_written_atomically_unless_the_strategy_brings_its_own_writer(tmp_path):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from lit_lm.checkpoint import AtomicCheckpointIO
+
+    class OwnIO(TorchCheckpointIO):  # a user's (or a strategy's) own writer: kept
+        pass
+
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    ModelCheckpoint(dirpath=tmp_path / "a").setup(trainer, LinearOnTokens(), "fit")
+    assert type(trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    own = quiet_trainer(tmp_path, max_steps=1, plugins=[OwnIO()])
+    ModelCheckpoint(dirpath=tmp_path / "b").setup(own, LinearOnTokens(), "fit")
+    assert type(own.strategy.checkpoint_io) is OwnIO
+
+
+def test_last_checkpoint_of_a_run_shorter_than_the_save_interval(tmp_path):
+    """No periodic save at all (3 steps, every 10): last.ckpt still holds step 3."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_last=True,
+                                 enable_version_counter=False)
+    quiet_trainer(tmp_path, max_steps=3, callbacks=[checkpoint], enable_checkpointing=True).fit(LinearOnTokens())
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+    assert final_step(tmp_path / "last.ckpt") == 3
+
+
+def test_a_last_checkpoint_name_with_metrics_is_filled_in(tmp_path):
+    """Lightning's CHECKPOINT_NAME_LAST may name metrics (here the step): the final save fills them in."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_last=True,
+                                 enable_version_counter=False)
+    checkpoint.CHECKPOINT_NAME_LAST = "last-{step}"
+    quiet_trainer(tmp_path, max_steps=7, callbacks=[checkpoint], enable_checkpointing=True).fit(LinearOnTokens())
+    assert final_step(tmp_path / "last-step=7.ckpt") == 7

@@ -57,7 +57,7 @@ def test_time_keyed_schedule_follows_the_budget_clock(tmp_path, monkeypatch):
 
 
 def test_a_clock_that_is_not_configured_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="trainer.max_time"):
+    with pytest.raises(ValueError, match=r"OneCycleLR \(key='time'\) needs a wall-clock budget: set trainer.max_time"):
         quiet_trainer(tmp_path, max_steps=3, callbacks=[OneCycleLR(key="time")]).fit(LinearOnTokens())
 
 
@@ -74,3 +74,39 @@ def test_a_resumed_run_follows_the_configured_peak(tmp_path):
     quiet_trainer(tmp_path, max_steps=8, max_epochs=-1, enable_checkpointing=True, callbacks=callbacks()).fit(
         resumed, ckpt_path=str(checkpoints / "last.ckpt"))
     assert [s["lr"] for s in resumed.seen] == pytest.approx([0.05 * OneCycleLR(0.5).factor(i / 8) for i in range(4, 8)])
+
+
+# ---- the schedule's edges, the settings, and what is logged ----
+# pytest.approx's default relative 1e-6: the factors are float64 arithmetic (error ~1e-16) and the logged rate a
+# float32 value (relative rounding 2**-24 = 6e-8), both far inside it.
+@pytest.mark.parametrize("settings", [dict(warmup_fraction=0.0), dict(warmup_fraction=1.0),
+                                      dict(initial_lr_ratio=1.0, final_lr_ratio=1.0)])
+def test_settings_at_their_bounds_are_allowed(settings):
+    OneCycleLR(**settings)
+
+
+@pytest.mark.parametrize("settings", [dict(initial_lr_ratio=1.5), dict(final_lr_ratio=1.5),
+                                      dict(initial_lr_ratio=-0.1), dict(final_lr_ratio=-0.1)])
+def test_ratios_outside_zero_to_one_are_refused_naming_them(settings):
+    with pytest.raises(ValueError, match=r"OneCycleLR.initial_lr_ratio and final_lr_ratio must be in \[0, 1\]"):
+        OneCycleLR(**settings)
+
+
+def test_the_warmup_fraction_at_its_bounds():
+    """warmup 0: no rise, the peak at once, then the decay; warmup 1: a rise over the whole run to the peak."""
+    no_warmup = OneCycleLR(warmup_fraction=0.0, final_lr_ratio=0.5)
+    assert [no_warmup.factor(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 0.75, 0.5])
+    all_warmup = OneCycleLR(warmup_fraction=1.0, initial_lr_ratio=0.5)
+    assert [all_warmup.factor(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.5, 0.75, 1.0])
+
+
+def test_progress_outside_the_run_holds_the_end_rates():
+    s = OneCycleLR(warmup_fraction=0.5, initial_lr_ratio=0.2, final_lr_ratio=0.1)
+    assert s.factor(-0.5) == pytest.approx(0.2) and s.factor(1.5) == pytest.approx(0.1)
+
+
+def test_the_rate_is_logged_as_train_lr(tmp_path):
+    model = LinearOnTokens(lr=0.1)
+    trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=[OneCycleLR(0.5)])
+    trainer.fit(model)
+    assert float(trainer.callback_metrics["train/lr"]) == pytest.approx(0.1 * 0.5)  # the last step's: 3/4 of the run

@@ -1,6 +1,8 @@
 """SequenceLengthWarmup: the schedule, the windows each module cuts rows into (every token and every target once),
 and a run through Lightning that follows the schedule, counts its tokens and continues it on resume."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -8,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lit_lm.callbacks import SequenceLengthWarmup, ThroughputMFU
 from lit_lm.models import IGNORE_INDEX, TransformerConfig
 from lit_lm.modules import CausalLMModule, MaskedLMModule
-from tests.callbacks.helpers import quiet_trainer
+from tests.callbacks.helpers import LinearOnTokens, quiet_trainer
 
 CONFIG = dict(vocab_size=60, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
               max_position_embeddings=16, dropout=0.0, attention_dropout=0.0)
@@ -173,3 +175,94 @@ def test_a_module_that_trains_whole_rows_anyway_is_refused_not_silently_unwarmed
     trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[SequenceLengthWarmup(start_length=4, key="steps")])
     with pytest.raises(ValueError, match="WholeRows.training_step trains whole rows"):
         trainer.fit(module, train_dataloaders=data())
+
+
+# ---- the settings, the refusals with their fixes, and the hooks on fake trainers ----
+@pytest.mark.parametrize("settings", [dict(start_length=1), dict(warmup_fraction=1.0), dict(warmup_fraction=0.0),
+                                      dict(key="time"), dict(key="steps"), dict(mode="stepped")])
+def test_settings_at_their_bounds_are_allowed(settings):
+    SequenceLengthWarmup(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(warmup_fraction=1.5), r"SequenceLengthWarmup.warmup_fraction must be in \[0, 1\], got 1.5"),
+    (dict(mode="cosine"), r"SequenceLengthWarmup.mode must be 'linear' or 'stepped', got 'cosine'"),
+    (dict(key="epochs"), r"SequenceLengthWarmup.key must be 'auto', 'steps' or 'time', got 'epochs'"),
+])
+def test_settings_out_of_range_are_refused_naming_them(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SequenceLengthWarmup(**settings)
+
+
+def test_the_start_length_may_be_the_full_length():
+    assert SequenceLengthWarmup(start_length=128).lengths(128) == [128]
+    assert SequenceLengthWarmup(start_length=1).lengths(4) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("start, full, options", [(48, 128, "64, 32, 16, 8"), (32, 96, "48, 24, 12, 6"),
+                                                  (5, 48, "24, 12, 6, 3"), (2, 7, "7")])
+def test_a_start_length_that_does_not_divide_the_rows_is_refused_with_lengths_that_would(start, full, options):
+    """The suggestions are the full length halved 1 to 4 times, while it halves evenly (the full length itself
+    when it is odd). 96 / 32 = 3 is no power of two."""
+    with pytest.raises(ValueError, match=rf"^SequenceLengthWarmup.start_length \({start}\) must be data.seq_length "
+                                         rf"\({full}\) divided by a power of two, so that every row cuts into whole "
+                                         rf"windows; e.g. {options}\.$"):
+        SequenceLengthWarmup(start_length=start).lengths(full)
+
+
+def test_a_start_length_that_cannot_divide_the_modules_rows_is_refused_before_training():
+    module = masked_lm()  # seq_length 16
+    limited = SimpleNamespace(global_step=0, max_steps=8, max_epochs=None, num_training_batches=float("inf"),
+                              fit_loop=SimpleNamespace(total_batch_idx=0), callbacks=[], world_size=1)
+    with pytest.raises(ValueError, match=r"start_length \(3\) must be data.seq_length \(16\)"):
+        SequenceLengthWarmup(start_length=3).on_train_start(limited, module)
+    # a module without hparams (not a LightningModule's) is checked at its first batch instead
+    SequenceLengthWarmup(start_length=3).on_train_start(limited, SimpleNamespace(train_windows=None))
+
+
+def test_a_module_that_cannot_cut_rows_or_a_run_without_a_limit_is_refused_naming_what_is_missing():
+    limited = SimpleNamespace(global_step=0, max_steps=8, max_epochs=None, num_training_batches=float("inf"),
+                              fit_loop=SimpleNamespace(total_batch_idx=0), callbacks=[], world_size=1)
+    with pytest.raises(ValueError, match=r"SequenceLengthWarmup needs a lit-lm pretraining module \(MaskedLMModule, "
+                                         r"CausalLMModule, ReplacedTokenDetectionModule\), got LinearOnTokens"):
+        SequenceLengthWarmup().on_train_start(limited, LinearOnTokens())
+    unlimited = SimpleNamespace(**{**vars(limited), "max_steps": -1})
+    with pytest.raises(ValueError, match=r"SequenceLengthWarmup \(key='auto'\) needs a budget"):
+        SequenceLengthWarmup(start_length=4).on_train_start(unlimited, masked_lm())
+
+
+def test_the_length_is_taken_once_per_optimizer_step_and_whole_rows_train_uncut():
+    """With 2 micro-batches a step, the second micro-batch keeps the first's length even where progress moved on
+    (a time budget moves within a step)."""
+    warmup = SequenceLengthWarmup(start_length=4, warmup_fraction=0.5, mode="stepped", key="steps")
+    logged = []
+    module = SimpleNamespace(train_length=None, windows_taken=True, log=lambda name, value: logged.append(value))
+
+    def trainer(step):
+        return SimpleNamespace(global_step=step, max_steps=8, max_epochs=None, num_training_batches=float("inf"),
+                               fit_loop=SimpleNamespace(total_batch_idx=0), callbacks=[], world_size=1,
+                               accumulate_grad_batches=2)
+
+    batch = rows()  # rows of 16: windows of 4, 8, then 16
+    warmup.on_train_batch_start(trainer(0), module, batch, 0)
+    assert (module.train_length, module.windows_taken) == (4, False)
+    warmup.on_train_batch_start(trainer(2), module, batch, 1)  # inside the window: progress moved, the length not
+    assert module.train_length == 4 and logged == [4.0]
+    warmup.on_train_batch_start(trainer(2), module, batch, 2)  # the next window: 2/8 of the run, windows of 8
+    assert module.train_length == 8
+    warmup.on_train_batch_start(trainer(4), module, batch, 4)  # half the run: whole rows, nothing to cut
+    assert module.train_length is None and logged == [4.0, 8.0, 16.0]
+
+
+def test_whole_rows_from_the_start_need_no_windows(tmp_path):
+    """warmup_fraction 0: whole rows from the first step, so a module that never cuts rows is fine."""
+    module = WholeRows(TransformerConfig(**CONFIG), special_token_ids=[0, 1, 2, 3, 4], mask_token_id=4, seq_length=16)
+    trainer = quiet_trainer(tmp_path, max_steps=2,
+                            callbacks=[SequenceLengthWarmup(start_length=4, warmup_fraction=0.0, key="steps")])
+    trainer.fit(module, train_dataloaders=data())
+    assert trainer.global_step == 2 and trainer.callback_metrics["train/seq_length"] == 16
+
+
+def test_the_default_start_is_32_tokens():
+    """The docstring's example: rows of 128 go through windows of 32, 64, then whole rows."""
+    assert SequenceLengthWarmup().lengths(128) == [32, 64, 128]

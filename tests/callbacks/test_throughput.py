@@ -79,13 +79,13 @@ def test_tokens_seen_is_saved_and_restored():
 
 
 def test_tokens_are_the_attention_mask_or_every_id():
-    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
     assert int(count_tokens(batch)) == 5
     assert int(count_tokens({"input_ids": torch.ones(2, 4)})) == 8
 
 
 def test_cpu_peak_is_measured_and_dtypes_follow_the_precision(monkeypatch):
-    assert measure_matmul_flops(torch.device("cpu"), size=256, repeats=2) > 1e8
     # the peak is 2 n^3 FLOPs over the fastest multiply: with a clock whose multiplies take 4, 2, 1 and 3 seconds
     # (the first a warm-up), a 256 x 256 matmul's peak is 2 * 256^3 / 1
     ticks = iter([0.0, 4.0, 10.0, 12.0, 20.0, 21.0, 30.0, 33.0])
@@ -117,5 +117,209 @@ def test_measuring_the_peak_leaves_the_global_random_state_alone():
 
     torch.manual_seed(0)
     before = torch.random.get_rng_state()
-    throughput.measure_matmul_flops(torch.device("cpu"), size=256, repeats=1)
+    measure_matmul_flops(torch.device("cpu"), size=256, repeats=1)  # the real one (conftest fixes the callback's)
     assert torch.equal(torch.random.get_rng_state(), before)  # else the masks would depend on the machine's speed
+
+
+# ---- the pieces: tokens of each batch form, where they are counted, the peak, the rates across devices ----
+# pytest.approx's default relative 1e-6 below: the peaks and rates are float64 arithmetic on exact fake-clock times
+# (error ~1e-15), far inside it.
+def test_tokens_of_a_tuple_or_a_plain_tensor_batch_are_its_inputs_elements():
+    assert int(count_tokens((torch.ones(2, 3), torch.zeros(7)))) == 6  # (inputs, labels): the inputs
+    assert int(count_tokens([torch.ones(2, 4), torch.zeros(9)])) == 8
+    assert int(count_tokens(torch.ones(4, 5))) == 20
+
+
+def test_tokens_are_counted_on_the_batchs_device():
+    """On a GPU the count stays there until the step's all-reduce. PyTorch's meta device stands in for it: a count
+    made on the CPU would come back on the CPU."""
+    ids = torch.ones(2, 4, device="meta")
+    for batch in ({"input_ids": ids, "attention_mask": ids}, {"input_ids": ids}, (ids, ids), ids):
+        assert count_tokens(batch).device.type == "meta"
+
+
+def test_the_matrices_are_square_and_of_the_measured_dtype():
+    a = throughput.random_matrix(4, torch.device("cpu"), torch.float64)
+    assert a.shape == (4, 4) and a.dtype == torch.float64
+
+
+def test_the_peak_is_measured_at_the_asked_dtype_and_device_with_the_default_time_target(monkeypatch):
+    """measure_matmul_flops with its defaults, on a clock where every multiply takes 0.05 s: already above the
+    0.02 s target at 256, so it measures 256 x 256 matrices, of the dtype and on the device asked for."""
+    made, clock = [], iter(float(t) / 20 for t in range(10_000))  # each reading of the clock 0.05 s later
+    real = throughput.random_matrix
+
+    def recording(size, device, dtype, seed=0):
+        made.append((size, device, dtype))
+        return real(size, device, torch.float32, seed)  # a float32 matmul stands in for the one asked for
+
+    monkeypatch.setattr(throughput, "random_matrix", recording)
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    cpu = torch.device("cpu")
+    assert measure_matmul_flops(cpu, torch.bfloat16) == pytest.approx(2 * 256**3 / 0.05)
+    assert made == [(256, cpu, torch.bfloat16)] * 3  # one to size, then the two measured
+
+
+def test_the_defaults_the_recipes_run_with():
+    """ThroughputMFU as the recipes list it (no arguments): rates over the last 5 optimizer steps, the peak looked
+    up or measured."""
+    perf = ThroughputMFU()
+    assert (perf.window, perf.peak_flops, perf.tokens_seen) == (5, None, 0)
+    perf.load_state_dict({})  # a checkpoint from before the callback was added
+    assert perf.tokens_seen == 0
+
+
+class TwoRanksStrategy:
+    """Rank 0 of 2: the other rank's micro-batches hold ``other`` tokens in all; reduce records its calls."""
+
+    def __init__(self, other: int) -> None:
+        self.other, self.calls = other, []
+
+    def reduce(self, tensor, reduce_op=None):
+        self.calls.append((tensor.dtype, reduce_op))
+        return tensor + self.other if reduce_op == "sum" else tensor
+
+
+def test_tokens_and_samples_are_summed_over_devices_and_the_mfu_is_per_device(monkeypatch):
+    """Two devices, a micro-batch of 2 rows each, 1 s per step on a fake clock, 1e6 FLOPs per micro-batch per device
+    and a peak of 4e6 FLOP/s per device: 2e6 FLOP/s over 8e6 available, an MFU of 0.25 (the same as one device's)."""
+    clock = FakePerfClock(monkeypatch)
+    perf = ThroughputMFU(window=2, peak_flops=PEAK)
+    strategy = TwoRanksStrategy(other=5)
+    trainer = SimpleNamespace(world_size=2, global_step=0, strategy=strategy)
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, value),
+                             flops_per_batch=FLOPS_PER_MICRO_BATCH)
+    perf.on_train_start(trainer, module)
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
+    for step in (1, 2):
+        perf.on_train_batch_start(trainer, module, batch, step - 1)
+        clock.now += 1.0
+        trainer.global_step = step
+        perf.on_train_batch_end(trainer, module, None, batch, step - 1)
+    assert strategy.calls == [(torch.int64, "sum")] * 2
+    assert perf.tokens_seen == 2 * (5 + 5)  # 5 real tokens here and 5 on the other rank, each step
+    assert logged["train/tokens_seen"].dtype == torch.float64 and float(logged["train/tokens_seen"]) == 20
+    assert float(logged["perf/samples_per_sec"]) == pytest.approx(4.0)  # 2 rows a second on each of the 2 devices
+    assert float(logged["perf/mfu"]) == pytest.approx(FLOPS_PER_MICRO_BATCH / PEAK)
+
+
+def test_a_module_that_counts_its_own_flops_is_asked(monkeypatch):
+    class Counting(Timed):
+        flops_per_batch = None
+
+        def training_flops(self, batch):
+            return 1234.9
+
+    perf = ThroughputMFU(peak_flops=PEAK)
+    perf.on_train_batch_start(None, Counting(FakePerfClock(monkeypatch)), None, 0)
+    assert perf.flops_per_batch == 1234
+
+
+def test_without_a_known_peak_no_mfu_is_computed(monkeypatch):
+    clock = FakePerfClock(monkeypatch)
+    perf = ThroughputMFU(window=2)  # a GPU missing from Lightning's table leaves the peak unknown
+    trainer = SimpleNamespace(world_size=1, global_step=0, strategy=TwoRanksStrategy(other=0))
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, value), flops_per_batch=1e6)
+    perf.on_train_start(trainer, module)
+    for step in (1, 2, 3):
+        perf.on_train_batch_start(trainer, module, {"input_ids": torch.ones(2, 4)}, step - 1)
+        clock.now += 1.0
+        trainer.global_step = step
+        perf.on_train_batch_end(trainer, module, None, {"input_ids": torch.ones(2, 4)}, step - 1)
+    assert "perf/mfu" not in logged and float(logged["perf/tokens_per_sec"]) == pytest.approx(8.0)
+
+
+def setup_trainer(precision="32-true", device="cpu"):
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), precision=precision)
+
+
+def test_the_peak_is_lightnings_table_else_a_cpu_measurement_in_the_run_dtype(monkeypatch, caplog):
+    import logging
+
+    table, measured = [], []
+    def lookup(device, dtype):  # Lightning's table: a GPU's peak, nothing for a CPU
+        table.append((device, dtype))
+        return 3e12 if device.type == "cuda" else None
+
+    def measure(device, dtype):
+        measured.append((device, dtype))
+        return 5e9
+
+    monkeypatch.setattr(throughput, "get_available_flops", lookup)
+    monkeypatch.setattr(throughput, "measure_matmul_flops", measure)
+    with caplog.at_level(logging.INFO):
+        cpu = ThroughputMFU()
+        cpu.setup(setup_trainer("bf16-mixed"), None, "fit")
+        gpu = ThroughputMFU()
+        gpu.setup(setup_trainer("16-mixed", "cuda"), None, "fit")
+        unknown = ThroughputMFU()
+        unknown.setup(setup_trainer("32-true", "meta"), None, "fit")  # neither in the table nor a CPU
+    assert (cpu.peak_flops, gpu.peak_flops, unknown.peak_flops) == (5e9, 3e12, None)
+    assert table == [(torch.device("cpu"), torch.bfloat16), (torch.device("cuda"), torch.float16),
+                     (torch.device("meta"), torch.float32)]
+    assert measured == [(torch.device("cpu"), torch.bfloat16)]
+    assert caplog.messages == ["ThroughputMFU: peak 0.005 TFLOP/s per device (a bfloat16 matmul measured on this CPU)",
+                               "ThroughputMFU: peak 3.000 TFLOP/s per device (Lightning's table)",
+                               "ThroughputMFU: no known peak for meta; perf/mfu is not logged"]
+    given = ThroughputMFU(peak_flops=1e9)
+    given.setup(setup_trainer(), None, "fit")
+    later = ThroughputMFU()
+    later.setup(setup_trainer(), None, "validate")  # only a fit looks the peak up
+    assert (given.peak_flops, later.peak_flops, len(table)) == (1e9, None, 3)
+
+
+def test_only_validation_inside_a_fit_is_left_out_of_the_rates(monkeypatch):
+    """Each validation during a fit (not the sanity check, not a validate run) adds its time to the pause."""
+    clock = FakePerfClock(monkeypatch)
+    perf = ThroughputMFU()
+    perf.on_train_start(SimpleNamespace(world_size=1, global_step=0), None)
+    fit = SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=False)
+    for trainer in (SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=True),
+                    SimpleNamespace(state=SimpleNamespace(fn="validate"), sanity_checking=False), fit, fit):
+        perf.on_validation_start(trainer, None)
+        clock.now += 10.0
+        perf.on_validation_end(trainer, None)
+    assert perf._paused == 20.0
+    perf.on_validation_end(fit, None)  # an end without a start adds nothing
+    assert perf._paused == 20.0
+
+
+def test_validation_between_the_steps_of_a_window_is_left_out(tmp_path, monkeypatch):
+    """A validation after step 2 falls inside the window of steps 2 to 4 (window 3): the rate stays 2 rows per
+    0.5 s, as in test_validation_time_is_left_out_of_the_rates, whose window closes before its validation."""
+    clock = FakePerfClock(monkeypatch)
+
+    class WithSlowValidation(Timed):
+        def validation_step(self, batch, batch_idx):
+            self.clock.now += 100.0
+
+        def val_dataloader(self):
+            return self.train_dataloader()
+
+    perf = ThroughputMFU(window=3, peak_flops=PEAK)
+    trainer = quiet_trainer(tmp_path, max_steps=4, val_check_interval=2, limit_val_batches=1,
+                            num_sanity_val_steps=0, callbacks=[perf])
+    trainer.fit(WithSlowValidation(clock))
+    assert float(trainer.callback_metrics["perf/samples_per_sec"]) == pytest.approx(2 / SECONDS_PER_MICRO_BATCH)
+
+
+def test_the_matrices_are_drawn_on_the_measured_device(monkeypatch):
+    """A GPU's peak is measured on the GPU: its generator and its matrices are made there. torch records the device it
+    is asked for (a CPU-only machine cannot make a CUDA tensor, so each call is answered on the CPU)."""
+    asked, generator, randn = [], torch.Generator, torch.randn
+
+    def recording_generator(device=None):
+        asked.append(("generator", torch.device(device)))
+        return generator()
+
+    def recording_randn(*size, device=None, generator=None):
+        asked.append(("randn", torch.device(device) if device is not None else None))
+        return randn(*size, generator=generator)
+
+    monkeypatch.setattr(torch, "Generator", recording_generator)
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    throughput.random_matrix(4, torch.device("cuda"), torch.float32)
+    assert asked == [("generator", torch.device("cuda")), ("randn", torch.device("cuda"))]

@@ -68,7 +68,8 @@ def test_process_count_does_not_change_the_store(corpus, tmp_path, monkeypatch):
     assert one.card["docs_out"] == two.card["docs_out"] and one.card["tokens"] == two.card["tokens"]
 
 
-def test_editing_the_corpus_invalidates_the_cache(corpus, tmp_path):
+def test_editing_the_corpus_invalidates_the_cache(fresh_corpus, tmp_path):
+    corpus = fresh_corpus
     before = make(corpus, tmp_path).store_dir
     (corpus / "doc0.txt").write_text("a changed document about a changed garden.\n\nand another one.\n")
     assert make(corpus, tmp_path).store_dir != before
@@ -188,7 +189,8 @@ def test_undecodable_bytes_are_counted_in_the_card(tmp_path):
     assert dm.card["replaced_bytes"] == 2
 
 
-def test_junk_documents_are_dropped_by_tokens_per_character(corpus, tmp_path):
+def test_junk_documents_are_dropped_by_tokens_per_character(fresh_corpus, tmp_path):
+    corpus = fresh_corpus
     (corpus / "junk.txt").write_text("\n\n".join("#$%^ &*!@ ~`|" * 5 + f" {i}" for i in range(10)))
     clean = make(corpus, tmp_path)
     filtered = make(corpus, tmp_path, cleaning=CleaningConfig(max_tokens_per_char=0.5))

@@ -2,9 +2,10 @@ import random
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from lit_lm.data.dedup import DedupConfig, Deduplicator, KeyIndex, hash_documents
-from lit_lm.data.minhash import jaccard_estimate, lsh_bands, shingles, signatures
+from lit_lm.data.minhash import band_keys, jaccard_estimate, lsh_bands, shingles, signatures
 from lit_lm.data.text import decode, split_documents
 from tests.conftest import shared_data
 
@@ -135,3 +136,145 @@ def test_gutenberg_licence_boilerplate_is_found(tmp_path):
     kept, stats = dedup(whole_books, tmp_path)
     assert stats.duplicate_paragraphs > 100 and len(kept) == len(books)
     assert sum("Section 2. Information about the Mission" in t for _, t in kept) <= 1
+
+
+def sharing_a_prefix(tag: str, n_words: int, shared: int) -> tuple[str, str]:
+    """Two documents of ``n_words`` distinct words each, equal in their first ``shared`` words only. Each has
+    n_words - 4 five-word shingles; the shingles that lie inside the shared prefix, shared - 4 of them, are common, so
+    their Jaccard similarity is exactly (shared - 4) / (2 (n_words - 4) - (shared - 4))."""
+    first = [f"{tag}x{i}" for i in range(n_words)]
+    second = first[:shared] + [f"{tag}y{i}" for i in range(n_words - shared)]
+    return " ".join(first), " ".join(second)
+
+
+def test_the_threshold_separates_pairs_just_above_and_just_below_it(tmp_path):
+    """Pairs at Jaccard 0.85 and 0.75 on their shingles, around the default threshold of 0.8: the first pair's second
+    document is dropped, the second pair's kept. A threshold moved to 0.7 (or to 0.9) turns one decision around.
+
+    The MinHash estimate of a similarity J over k permutations is a mean of k indicators (two signatures equal at a
+    permutation with probability J): sd = sqrt(J (1 - J) / k). At the default k = 128 that is 0.032 at 0.85 and 0.038
+    at 0.75, too coarse to tell 0.05 apart; so the test takes k = 2048: sd 0.0079 at 0.85 and 0.0096 at 0.75, which
+    puts each pair 0.05 / sd >= 5.2 sd away from 0.8 (and the 0.75 pair 5.2 sd away from 0.7). Before the estimate,
+    LSH must make the 0.85 pair a candidate: lsh_bands(0.8, 2048) gives 113 bands of 18 rows, which miss a pair of
+    similarity 0.85 with probability (1 - 0.85 ** 18) ** 113 = 0.002; it is asserted below rather than assumed."""
+    config = DedupConfig(exact=False, paragraphs=False, num_perm=2048)
+    above, below = sharing_a_prefix("a", 374, 344), sharing_a_prefix("b", 704, 604)  # 340 / 400, 600 / 800
+    for pair, true in ((above, 0.85), (below, 0.75)):
+        values, doc = shingles(list(pair), config.ngram)
+        first, second = set(values[doc == 0].tolist()), set(values[doc == 1].tolist())
+        assert len(first & second) / len(first | second) == true
+        sig = signatures(list(pair), config.num_perm, config.ngram)
+        sd = (true * (1 - true) / config.num_perm) ** 0.5
+        assert abs(jaccard_estimate(sig[0], sig[1]) - true) <= 4 * sd  # the estimate behaves as the sd says
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    keys = band_keys(signatures(list(above), config.num_perm, config.ngram), bands, rows)
+    assert (keys[0] == keys[1]).any()  # the 0.85 pair is an LSH candidate
+    kept, stats = dedup([*above, *below], tmp_path, exact=False, paragraphs=False, num_perm=2048)
+    assert [i for i, _ in kept] == [0, 2, 3] and stats.near_duplicates == 1
+
+
+def test_key_index_keeps_64_bit_keys_exact():
+    """Document hashes use all 64 bits: two that differ only in the lowest one are different documents (a float64
+    key would merge them: its mantissa holds 53 bits)."""
+    index = KeyIndex()
+    big = 2**60
+    assert index.add_new(np.array([big, big + 1, big])).tolist() == [True, True, False]
+    assert index.lookup(np.array([big + 1, big + 2, big])).tolist() == [0, -1, 0]  # a set: 0 for present keys
+    only_big = KeyIndex()
+    only_big.add_new(np.array([big]))
+    assert only_big.lookup(np.array([big + 1])).tolist() == [-1]
+
+
+def test_hashing_computes_signatures_only_for_near_deduplication():
+    """HashedDocuments.signatures: None without near deduplication (and for an empty chunk), else one row per
+    document."""
+    docs = ["one two three four five six", "seven eight nine ten eleven twelve"]
+    assert hash_documents(docs, DedupConfig(near=False)).signatures is None
+    assert hash_documents([], DedupConfig()).signatures is None
+    assert hash_documents(docs, DedupConfig(num_perm=16)).signatures.shape == (2, 16)
+
+
+def paragraph(tag: str, chars: int) -> str:
+    """A paragraph of exactly ``chars`` characters whose words all start with ``tag``."""
+    text = " ".join(f"{tag}{i}" for i in range(chars))[:chars]
+    return text.rstrip() + "x" * (chars - len(text.rstrip()))
+
+
+def test_paragraph_min_chars_is_the_shortest_paragraph_that_can_be_dropped(tmp_path):
+    """'Paragraphs shorter than this are never dropped': one of exactly paragraph_min_chars characters is."""
+    at, below = paragraph("a", 60), paragraph("b", 59)
+    assert (len(at), len(below)) == (60, 59)
+    docs = [f"first\n\n{at}\n\n{below}", f"second\n\n{at}\n\n{below}"]
+    kept, stats = dedup(docs, tmp_path, near=False, paragraph_min_chars=60)
+    assert [t for _, t in kept] == [docs[0], f"second\n\n{below}"]
+    assert stats.duplicate_paragraphs == 1
+
+
+def test_seen_paragraphs_are_cut_from_each_later_document_and_counted_in_chars(tmp_path):
+    """Three documents in one chunk, paragraphs of 120 characters: the second repeats P1, the third P2 and P3. Each
+    later document loses exactly its repeated paragraphs; the stats count 3 paragraphs and their characters, plus the
+    characters of a whole duplicate document."""
+    p = {i: paragraph(f"p{i}w", 120) for i in range(1, 6)}
+    docs = [f"{p[1]}\n\n{p[2]}", f"{p[3]}\n\n{p[1]}\n\n{p[4]}", f"{p[2]}\n\n{p[5]}\n\n{p[3]}", f"{p[1]}\n\n{p[2]}"]
+    kept, stats = dedup(docs, tmp_path, near=False, paragraph_min_chars=100)
+    assert kept == [(0, docs[0]), (1, f"{p[3]}\n\n{p[4]}"), (2, p[5])]
+    assert stats.exact_duplicates == 1 and stats.duplicate_paragraphs == 3
+    assert stats.duplicate_chars == 3 * 120 + len(docs[3])
+
+
+def test_the_paragraphs_of_a_dropped_document_do_not_count_as_seen(tmp_path):
+    """The second document repeats the first word for word (an exact duplicate, dropped) but splits it into other
+    paragraphs; its paragraph "B C" was never kept, so the third document keeps it."""
+    a, b, c, z = (paragraph(tag, 50) for tag in "abcz")
+    docs = [f"{a} {b}\n\n{c}", f"{a}\n\n{b} {c}", f"{z}\n\n{b} {c}"]
+    kept, stats = dedup(docs, tmp_path, near=False, paragraph_min_chars=40)
+    assert kept == [(0, docs[0]), (2, docs[2])]
+    assert stats.exact_duplicates == 1 and stats.duplicate_paragraphs == 0
+    assert stats.duplicate_chars == len(docs[1])
+
+
+def test_exact_false_keeps_exact_duplicates(tmp_path):
+    docs = ["The cat sat on the mat.", "the cat sat on the mat", "A dog."]
+    kept, stats = dedup(docs, tmp_path, exact=False, near=False, paragraphs=False)
+    assert [i for i, _ in kept] == [0, 1, 2] and stats.exact_duplicates == 0 and stats.duplicate_chars == 0
+
+
+def test_a_threshold_of_one_drops_identical_documents(tmp_path):
+    """'at or above which': identical documents have an estimated Jaccard similarity of exactly 1.0 (every MinHash
+    equal), so threshold 1.0 still finds them."""
+    rng = random.Random(3)
+    doc = random_doc(rng)
+    kept, stats = dedup([doc, doc, random_doc(rng)], tmp_path, exact=False, threshold=1.0)
+    assert [i for i, _ in kept] == [0, 2] and stats.near_duplicates == 1
+
+
+def test_each_document_is_judged_on_its_own_candidates(tmp_path):
+    """One chunk with a near-duplicate pair (Jaccard 96/104 = 0.92 on their shingles, ``sharing_a_prefix``) and a
+    pair that LSH makes candidates although their similarity, 70/130 = 0.54, is far below the threshold 0.8: at the
+    default 128 permutations the estimate's sd is sqrt(0.54 * 0.46 / 128) = 0.044, so 0.8 lies 5.9 sd away. Only the
+    near duplicate is dropped: each document is judged on its own best candidate."""
+    config = DedupConfig(exact=False, paragraphs=False)
+    close, far = sharing_a_prefix("a", 104, 100), sharing_a_prefix("l", 104, 74)
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    keys = band_keys(signatures(list(far), config.num_perm, config.ngram), bands, rows)
+    assert (keys[0] == keys[1]).any()  # the distant pair is a candidate: asserted, not assumed
+    kept, stats = dedup([*far, *close], tmp_path, exact=False, paragraphs=False)
+    assert [i for i, _ in kept] == [0, 1, 2] and stats.near_duplicates == 1
+
+
+@pytest.mark.parametrize("settings", [dict(threshold=1.0), dict(num_perm=8), dict(ngram=1),
+                                      dict(paragraph_min_chars=0), dict(threshold=1e-9)])
+def test_dedup_settings_at_their_bounds_are_allowed(settings):
+    DedupConfig(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(threshold=0.0), r"data.dedup.threshold must be in \(0, 1\], got 0.0"),
+    (dict(threshold=1.5), r"data.dedup.threshold must be in \(0, 1\], got 1.5"),
+    (dict(num_perm=7), r"data.dedup.num_perm must be >= 8, data.dedup.ngram >= 1, paragraph_min_chars >= 0"),
+    (dict(ngram=0), r"data.dedup.num_perm must be >= 8, data.dedup.ngram >= 1"),
+    (dict(paragraph_min_chars=-1), r"paragraph_min_chars >= 0"),
+])
+def test_dedup_settings_out_of_range_are_refused_naming_the_setting(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DedupConfig(**settings)

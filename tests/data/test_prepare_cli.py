@@ -28,6 +28,7 @@ def last_json_line(cmd: list[str], cwd) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_prepare_prints_the_data_card_as_one_json_line_and_reuses_the_store(corpus, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -73,6 +74,7 @@ def test_prepare_on_the_default_corpus_needs_no_files(tmp_path, monkeypatch):
     assert card["docs_in"] > 1000 and card["tokens"] > 200_000 and card["sources"][0]["source"].startswith("default")
 
 
+@pytest.mark.slow
 def test_a_bad_corpus_path_is_one_clear_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lit_lm.data", "prepare", "--config", QUICKSTART,
                            "--data.paths", f"[{tmp_path / 'missing'}]"], capture_output=True, text=True, timeout=300,

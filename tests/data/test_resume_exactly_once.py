@@ -54,6 +54,7 @@ def reference_run(data, steps, tmp_path, monkeypatch) -> list:
     return rows
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_mid_epoch_resumes_with_the_next_unseen_rows(corpus, tmp_path, monkeypatch):
     data = ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph"]
     (tmp_path / "reference").mkdir()
@@ -67,6 +68,7 @@ def test_a_run_interrupted_mid_epoch_resumes_with_the_next_unseen_rows(corpus, t
     assert hparams["data_card"]["docs_in"] == 120  # the data card is on the dashboard
 
 
+@pytest.mark.slow
 def test_resuming_from_a_checkpoint_saved_after_a_step_skips_exactly_the_trained_rows(corpus, tmp_path, monkeypatch):
     data = ["--data.init_args.paths", f"[{corpus}]", "--data.init_args.split", "paragraph"]
     (tmp_path / "reference").mkdir()

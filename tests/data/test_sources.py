@@ -61,6 +61,18 @@ def test_a_large_text_file_is_read_in_blocks_cut_at_paragraphs(tmp_path, monkeyp
     assert docs == [p.strip() for p in paragraphs]
 
 
+def test_a_truncated_gz_keeps_its_whole_paragraphs_before_the_damage_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources_module, "BLOCK_BYTES", 64)
+    paragraphs = [f"paragraph {i} with words {i * 7919 % 1009} and {i * 104729 % 997}" for i in range(400)]
+    whole = gzip.compress("\n\n".join(paragraphs).encode())
+    (tmp_path / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])
+    blocks = list(Source.resolve(SourceConfig(paths=[str(tmp_path)])).blocks("paragraph"))
+    assert blocks[-1] == ("skipped", ["damaged", str((tmp_path / "cut.txt.gz").resolve())])
+    kept = b"".join(payload for _, payload in blocks[:-1]).decode().split("\n\n")[:-1]  # each block ends in a break
+    assert 50 < len(kept) < 400 and kept == paragraphs[:len(kept)]  # whole paragraphs, in order, up to the damage
+    assert list(Source.resolve(SourceConfig(paths=[str(tmp_path)])).blocks("file")) == [blocks[-1]]  # half a doc: none
+
+
 def test_jsonl_with_a_configurable_field_bad_lines_and_bad_bytes(tmp_path):
     lines = [json.dumps({"body": "record one", "id": 1}), "{not json", json.dumps({"id": 3}),
              json.dumps({"body": "record\r\nfour"})]

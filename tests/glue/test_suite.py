@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import lit_lm.cli
 import lit_lm.modules
 import lit_lm.glue.suite as suite
+from lit_lm.data.classification import ClassificationDataModule
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.glue import SuiteError, run_suite
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
+from lit_lm.runs import find_last_checkpoint
 from tests.conftest import ROOT, InterruptAt, sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
@@ -25,17 +28,19 @@ from tests.test_checkpoint import save_run_checkpoint
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.precision", "32-true"]
 SMALL = [*QUIET, "--trainer.max_epochs", "2", "--data.init_args.batch_size", "8"]
+pytestmark = pytest.mark.slow  # every test here fine-tunes through train.py or lit_lm.cli.main
 
 
 def write_task(folder: Path, name: str, pair: bool = False, rows: int = 96) -> Path:
     """A learnable task as GLUE-style TSV files, and its recipe built on configs/base/finetune.yaml: the label says
-    whether the (first) sentence is 'bright' rather than 'dark'."""
+    whether the (first) sentence is 'bright' rather than 'dark'. Train rows alternate; one dev row in four is bright,
+    so a score computed on the wrong rows differs even for a model that always guesses the same label."""
     rng = random.Random(name)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", rows), ("dev", rows // 3)):
         lines = ["first\tsecond\tlabel" if pair else "sentence\tlabel"]
         for i in range(n):
-            label = i % 2
+            label = i % 2 if split == "train" else int(i % 4 == 0)  # dev: a constant guess scores 25% or 75%
             text = sentence(rng).replace("the ", f"the {'bright' if label else 'dark'} ", 1)
             lines.append(f"{text}\t{sentence(rng)}\t{label}" if pair else f"{text}\t{label}")
         (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
@@ -58,6 +63,33 @@ data:
     metric: {'f1_accuracy' if pair else 'accuracy'}
 """)
     return recipe
+
+
+@torch.no_grad()
+def dev_scores(run_dir: str | Path, recipe: str | Path) -> dict[str, float]:
+    """A fine-tune's accuracy and F1 (of class 1) on its task's dev file, recomputed here from what the run saved:
+    the final weights (its last.ckpt) at the precision its config.yaml records, the prediction of each dev row by
+    the argmax of its logits, the labels read from dev.tsv itself, counted by hand."""
+    last = find_last_checkpoint([Path(run_dir)])
+    precision = yaml.safe_load((last.parents[1] / "config.yaml").read_text())["trainer"]["precision"]
+    module = lit_lm.modules.SequenceClassificationModule.load_from_checkpoint(last, map_location="cpu").eval()
+    folder = Path(recipe).parent
+    header, *rows = [line.split("\t") for line in (folder / "dev.tsv").read_text().splitlines()]
+    labels = torch.tensor([int(row[-1]) for row in rows])
+    data = ClassificationDataModule(str(folder / "train.tsv"), str(folder / "dev.tsv"),
+                                    text_columns=list(range(len(header) - 1)), label_column=len(header) - 1)
+    data.attach(module.tokenizer, bool(module.causal), getattr(module.config, "max_sequence_length", None))
+    predictions = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(precision).startswith("bf16")):
+        for batch in data.val_dataloader():
+            logits = module(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")).logits
+            predictions.append(logits.argmax(-1))
+    predicted = torch.cat(predictions)
+    assert len(predicted) == len(labels) == len(rows)  # every dev row scored once
+    true_positive = int(((predicted == 1) & (labels == 1)).sum())
+    wrong = int((predicted != labels).sum())
+    return {"accuracy": (predicted == labels).float().mean().item(),
+            "f1": 2 * true_positive / (2 * true_positive + wrong) if true_positive or wrong else 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +137,8 @@ def test_the_suite_writes_a_table_resumes_and_refuses_other_settings(tmp_path, c
                                                          for t in ("bright", "pairs")}
     for r in saved:
         assert set(r["metrics"]) == ({"accuracy"} if r["task"] == "bright" else {"f1", "accuracy"})
-        assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+        recomputed = dev_scores(r["run_dir"], next(t for t in tasks if Path(t).stem == r["task"]))
+        assert r["metrics"] == pytest.approx({k: recomputed[k] for k in r["metrics"]}, abs=1e-6)
         assert r["score"] == pytest.approx(sum(r["metrics"].values()) / len(r["metrics"]))
         assert r["steps"] == 2 * 12  # 2 epochs of 96 rows in batches of 8
 
@@ -205,4 +238,5 @@ def test_the_suite_scores_a_run_whose_wandb_run_has_ended(tmp_path, checkpoint, 
     """Each fine-tune's main() finishes its (offline) wandb run; scoring afterwards must not log into it."""
     task = write_task(tmp_path / "task", "bright", rows=24)
     results = run_suite([str(checkpoint)], [str(task)], tmp_path / "out", [*QUIET, "--trainer.max_epochs", "1"])
-    assert 0.0 <= results.get("tiny-bert", "bright").score <= 1.0
+    done = results.get("tiny-bert", "bright")
+    assert done.score == pytest.approx(dev_scores(done.run_dir, task)["accuracy"], abs=1e-6)

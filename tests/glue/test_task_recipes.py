@@ -23,6 +23,7 @@ def test_each_task_recipe_resolves_to_the_shared_protocol(task):
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.slow
 def test_each_task_recipe_fine_tunes_on_its_real_files(task, tmp_path, checkpoint, monkeypatch):  # noqa: F811
     shared_data("glue")
     monkeypatch.chdir(ROOT)  # the recipes name ../shared/data relative to the project root, as train.py runs
@@ -36,6 +37,7 @@ def test_each_task_recipe_fine_tunes_on_its_real_files(task, tmp_path, checkpoin
     assert "val/score" in cli.trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_any_task_from_files_and_columns_on_the_command_line(tmp_path, checkpoint, monkeypatch):  # noqa: F811
     """configs/finetune/task.yaml with a three-way NLI-style CSV (quoted commas, string labels), as the README shows."""
     monkeypatch.chdir(tmp_path)

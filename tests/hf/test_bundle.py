@@ -13,6 +13,7 @@ from lit_lm.hf import bundle
 from lit_lm.hf.bundle import ROOT_PACKAGE, bundle_source, bundled_modules, imported_modules, package_modules
 
 
+@pytest.mark.slow
 def test_every_lit_lm_models_module_the_models_load_is_bundled_or_an_import_only_init():
     code = ("import sys, json; import lit_lm.models; "
             f"print(json.dumps(sorted(m for m in sys.modules if m.startswith('{ROOT_PACKAGE}'))))")

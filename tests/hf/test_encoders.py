@@ -181,6 +181,7 @@ def test_builtin_export_loads_without_custom_code(wordpiece, tmp_path):
         save_pretrained(model, folder)
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_exports_and_pretraining_restarts_from_the_export(corpus, tmp_path, monkeypatch):
     from lit_lm.cli import main
 

@@ -3,6 +3,7 @@
 import torch
 
 from lit_lm.models import TransformerConfig
+from tests.float_error import model_tolerance
 
 
 def tiny(**overrides) -> TransformerConfig:
@@ -38,11 +39,11 @@ def assert_causal_and_cache_equals_full_forward(model) -> None:
     changed[:, 9:] = torch.randint(0, 50, (2, 5))
     with torch.no_grad():
         full = model(ids).logits
-        torch.testing.assert_close(model(changed).logits[:, :9], full[:, :9], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(changed).logits[:, :9], full[:, :9], **model_tolerance(model, full))
         cache = model.new_cache()
         pieces = [model(ids[:, :5], cache=cache).logits, model(ids[:, 5:8], cache=cache).logits]
         pieces += [model(ids[:, t : t + 1], cache=cache).logits for t in range(8, 14)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, **model_tolerance(model, full))
 
 
 def assert_every_parameter_trains(model) -> None:

@@ -38,6 +38,48 @@ def test_log_buckets_are_exact_near_logarithmic_far_and_odd():
     assert widths[-20:].float().mean() > widths[1:20].float().mean()
 
 
+# DeBERTa's log buckets written out by hand (He et al. 2021; transformers' make_log_bucket_position): with
+# mid = bucket_size // 2, a distance r keeps its value when |r| <= mid, and otherwise goes to
+#   sign(r) * (mid + ceil(x)),   x = log(|r| / mid) / log((max_position - 1) / mid) * (mid - 1).
+# (bucket_size, max_position, r) -> bucket, x worked out on paper; every row but |r| <= mid has a fractional x (at
+# least 0.05 from an integer: float32 round-off cannot move it across one), so ceil and floor differ on each of them.
+LOG_BUCKETS = [
+    # DeBERTa-v3's 256 buckets up to 512: mid 128, log(511 / 128) = 1.38434, mid - 1 = 127
+    (256, 512, 0, 0), (256, 512, 1, 1), (256, 512, 128, 128), (256, 512, -128, -128),
+    (256, 512, 129, 129),    # log(129/128) = 0.0077821 / 1.38434 * 127 = x 0.714 -> 128 + 1
+    (256, 512, 130, 130),    # log(130/128) = 0.0155042 -> x 1.422 -> 128 + 2
+    (256, 512, 140, 137),    # log(140/128) = 0.0896122 -> x 8.221 -> 128 + 9
+    (256, 512, 200, 169),    # log(200/128) = 0.4462871 -> x 40.943 -> 128 + 41
+    (256, 512, -200, -169),  # odd in r
+    (256, 512, 300, 207),    # log(300/128) = 0.8517194 -> x 78.140 -> 128 + 79
+    (256, 512, 400, 233),    # log(400/128) = 1.1394343 -> x 104.532 -> 128 + 105
+    (256, 512, 1000, 317),   # past max_position nothing clips here: log(1000/128) = 2.0557250 -> x 188.593 -> 128 + 189
+    # 32 buckets up to 128 (a crammed encoder's): mid 16, log(127 / 16) = 2.07157, mid - 1 = 15
+    (32, 128, 16, 16),
+    (32, 128, 17, 17),       # log(17/16) = 0.0606246 / 2.07157 * 15 = x 0.439 -> 16 + 1
+    (32, 128, 20, 18),       # log(20/16) = 0.2231436 -> x 1.616 -> 16 + 2
+    (32, 128, -30, -21),     # log(30/16) = 0.6286087 -> x 4.552 -> -(16 + 5)
+    (32, 128, 50, 25),       # log(50/16) = 1.1394343 -> x 8.250 -> 16 + 9
+    (32, 128, 100, 30),      # log(100/16) = 1.8325815 -> x 13.269 -> 16 + 14
+    # 10 buckets up to 30: mid 5, log(29 / 5) = 1.75786, mid - 1 = 4
+    (10, 30, 6, 6),          # log(6/5) = 0.1823216 / 1.75786 * 4 = x 0.415 -> 5 + 1
+    (10, 30, 7, 6),          # log(7/5) = 0.3364722 -> x 0.766 -> 5 + 1
+    (10, 30, -10, -7),       # log(10/5) = 0.6931472 -> x 1.577 -> -(5 + 2)
+    (10, 30, 20, 9),         # log(20/5) = 1.3862944 -> x 3.155 -> 5 + 4
+]
+
+# The buckets of distances 0..11 with 6 buckets up to tiny()'s max_position_embeddings of 24 (the configuration of
+# test_disentangled_bias_matches_the_definition): mid 3, log(23 / 3) = 2.03688, mid - 1 = 2; distances 4..8 have x in
+# (0.28, 0.97) -> 3 + 1, distances 9..11 x in (1.07, 1.28) -> 3 + 2 (e.g. 9: log 3 = 1.09861 / 2.03688 * 2 = 1.079).
+BUCKETS_6_UP_TO_24 = [0, 1, 2, 3, 4, 4, 4, 4, 4, 5, 5, 5]
+
+
+@pytest.mark.parametrize("buckets, max_position, distance, bucket", LOG_BUCKETS)
+def test_log_buckets_follow_debertas_formula_written_out(buckets, max_position, distance, bucket):
+    assert log_bucket_position(torch.tensor([distance]), buckets, max_position).tolist() == [bucket]
+    assert log_bucket_position(torch.tensor([-distance]), buckets, max_position).tolist() == [-bucket]
+
+
 def test_relative_index_clips_to_the_table():
     config = tiny(**DEBERTA, max_relative_positions=3)  # no buckets: distances beyond 3 are clipped
     index = relative_distance_index(6, config)
@@ -79,13 +121,14 @@ def test_disentangled_bias_matches_the_definition(terms, share, buckets):
         pos_q = bias_layer.pos_query(rows) if "p2c" in terms else None
         pos_k = bias_layer.pos_key(rows) if "c2p" in terms else None
     span = config.relative_span
+    assert config.relative_max_distance == 24 and span == (buckets or 24)  # the hand table's setting; nothing clips
     expected = torch.zeros(2, heads, n, n)
     for i in range(n):
         for j in range(n):
-            delta = torch.tensor(i - j)
-            if buckets:
-                delta = log_bucket_position(delta, buckets, config.relative_max_distance)
-            r = int((delta + span).clamp(0, 2 * span - 1))
+            delta = i - j
+            if buckets:  # by hand, not by the code under test
+                delta = BUCKETS_6_UP_TO_24[abs(delta)] * (1 if delta >= 0 else -1)
+            r = delta + span
             if "c2p" in terms:
                 expected[:, :, i, j] += (q[:, :, i] * pos_k[r].view(heads, d)).sum(-1)
             if "p2c" in terms:

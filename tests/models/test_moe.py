@@ -6,6 +6,7 @@ from lit_lm.models import TransformerConfig
 from lit_lm.models.layers import MixtureOfExperts
 from lit_lm.modules import MaskedLMModule
 from tests.models.helpers import tiny
+from tests.float_error import reordered_tolerance
 
 
 def moe(**overrides) -> MixtureOfExperts:
@@ -38,7 +39,8 @@ def test_with_ample_capacity_every_token_goes_through_its_top_k_experts():
         layer = moe(moe_top_k=k, moe_capacity_factor=4.0, activation=activation)
         x = torch.randn(2, 6, 32)
         out, _ = layer(x)
-        torch.testing.assert_close(out, by_hand(layer, x), atol=1e-5, rtol=1e-5)
+        expected = by_hand(layer, x)  # another order of the same sums: one layer, the widest sum 64 wide
+        torch.testing.assert_close(out, expected, **reordered_tolerance(expected, inner=64, layers=1))
 
 
 def test_an_expert_takes_at_most_its_capacity_and_later_tokens_skip_the_layer():

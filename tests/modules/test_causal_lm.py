@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import MagicMock
@@ -14,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from tokenizers import Tokenizer
 
 from lit_lm.callbacks import TextSamples
 from lit_lm.data import PretrainingDataModule
@@ -23,7 +25,7 @@ from lit_lm.evaluate import main as evaluate_main
 from lit_lm.evaluate import perplexity
 from lit_lm.generate import main as generate_main
 from lit_lm.hf.__main__ import main as hf_main
-from lit_lm.models import TransformerConfig
+from lit_lm.models import DecoderForCausalLM, TransformerConfig
 from lit_lm.modules import CausalLMModule
 from tests.conftest import ROOT
 
@@ -35,6 +37,7 @@ TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.
         "--trainer.enable_model_summary", "false"]
 
 
+@pytest.mark.slow
 def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates(corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "quickstart-decoder.yaml"),
@@ -67,9 +70,34 @@ def test_decoder_quickstart_trains_through_train_py_then_generates_and_evaluates
     expected = perplexity(model, tokenizer, (corpus / "doc0.txt").read_text(), context_length=32, stride=16)
     assert result["tokens"] == expected.tokens > 100 and result["bytes"] == expected.bytes
     assert result["token_perplexity"] == pytest.approx(expected.token_perplexity, rel=1e-4)
-    assert result["token_perplexity"] < model.config.vocab_size  # 6 steps trained: better than a uniform guess
-    assert result["bits_per_byte"] == pytest.approx(math.log2(result["token_perplexity"]) * result["tokens"]
-                                                    / result["bytes"], rel=1e-4)
+    # by hand, from the checkpoint's own weights and tokenizer and nothing of lit_lm.evaluate: the text's tokens after
+    # one end-of-text token; token t (t >= 1) is scored in the first window of 32 (windows start every 16 tokens) that
+    # holds it and a token before it, given that window's tokens before it; perplexity = exp(mean NLL)
+    hand_model = DecoderForCausalLM(TransformerConfig(**hparams["config"])).double().eval()  # a float64 reference
+    hand_model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+                                if k.startswith("model.")})
+    text = (corpus / "doc0.txt").read_text()
+    ids = [hparams["eos_token_id"], *Tokenizer.from_str(checkpoint["tokenizer"]).encode(
+        text, add_special_tokens=False).ids]
+    nll, largest = [], 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            start = 0 if t < 32 else 16 * ((t - 16) // 16)  # the window [start, start + 32) with start + 16 <= t
+            logits = hand_model(torch.tensor([ids[start:t]])).logits[0, -1]
+            largest = max(largest, float(logits.abs().max()))
+            nll.append(float(-torch.log_softmax(logits, -1)[ids[t]]))
+    assert result["tokens"] == len(nll) and result["bytes"] == len(text.encode("utf-8"))
+    # float32 (the command) against the float64 reference: each float32 operation rounds with relative error at most
+    # u = 2^-24 = 6e-8. A log-probability of this one-layer model is reached through reductions of total length about
+    # 800 (LayerNorm means and variances over 32, three times; Q/K/V, output and head products over 32; scores over
+    # 16; softmax and value sums over at most 32; the FFN's down projection over 64; the log-sum-exp over <= 300
+    # tokens), so its error is at most about 800 u = 5e-5 times the size of what it sums: the logits, below 10
+    # (asserted), so about 5e-4 nats. The mean NLL, which is ln(perplexity), errs no more than its terms: 1e-3 on
+    # ln(perplexity) keeps a factor 2 over that bound. bits per byte: total NLL / ln 2 / bytes, the same relative error.
+    assert largest < 10
+    mean_nll = sum(nll) / len(nll)
+    assert abs(math.log(result["token_perplexity"]) - mean_nll) < 1e-3
+    assert result["bits_per_byte"] == pytest.approx(sum(nll) / math.log(2) / result["bytes"], rel=1e-3)
     transformers = pytest.importorskip("transformers")
     hf_main(["export", str(RUN / "logs" / "version_0" / "checkpoints" / "last.ckpt"), str(tmp_path / "export")])  # its own tokenizer
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
@@ -98,12 +126,48 @@ def test_training_lowers_the_validation_loss(corpus):
     assert after["val/ppl"] == pytest.approx(math.exp(after["val/loss"]), rel=1e-4)
 
 
+def test_perplexity_scores_every_token_once_in_its_window_by_hand(gpt_tokenizer):
+    """lit_lm.evaluate.perplexity against the definition, on a float64 model whose predictions depend strongly on
+    their context (large random weights), so a token scored with the wrong context would show: windows of 16 tokens
+    starting every 6; token t (t >= 1) is scored in the first window that holds it and a token before it, given that
+    window's tokens before it. perplexity = exp(mean NLL), bits per byte = total NLL / ln 2 / bytes."""
+    torch.manual_seed(0)
+    model = DecoderForCausalLM(replace(tiny_config(gpt_tokenizer.get_vocab_size()), initializer_range=0.5))
+    model = model.double().eval()
+    text = "the careful cat follows the dark river. the small teacher reads the hidden model. " * 3
+    result = perplexity(model, gpt_tokenizer, text, context_length=16, stride=6)
+    ids = [gpt_tokenizer.token_to_id("<|endoftext|>"), *gpt_tokenizer.encode(text, add_special_tokens=False).ids]
+    nll, largest = [], 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            start = 0 if t < 16 else 6 * ((t - 16) // 6 + 1)  # the first window [start, start + 16) past t
+            logits = model(torch.tensor([ids[start:t]])).logits[0, -1]
+            largest = max(largest, float(logits.abs().max()))
+            nll.append(float(-torch.log_softmax(logits, -1)[ids[t]]))
+    assert result.tokens == len(nll) > 60 and result.bytes == len(text.encode("utf-8"))
+    # the forward is float64 on both sides (the same model); perplexity() rounds the logits to float32 (relative
+    # error u = 2^-24 = 6e-8 each), takes a float32 log-softmax over 280 tokens (error about (2 + 280) u times
+    # |logit| + log-sum-exp, below 30 + 6: 6e-4 nats at the very worst, per token) and sums each window's <= 16
+    # terms in float32 (relative 16 u). The mean NLL errs no more than its terms: 1e-3 on ln(perplexity). With these
+    # large weights a token's NLL depends on its context by nats, so windows that start one token late move the mean
+    # by about 0.2.
+    assert largest < 30
+    assert abs(math.log(result.token_perplexity) - sum(nll) / len(nll)) < 1e-3
+    assert result.bits_per_byte == pytest.approx(sum(nll) / math.log(2) / result.bytes, rel=1e-3)
+
+
 def test_training_flops_count_forward_and_backward():
+    """The count by hand from the shapes (2 FLOPs per multiply-add, matmuls only, as Lightning's measure_flops
+    counts): an integer count, so it must agree exactly."""
     lm = CausalLMModule(tiny_config(300), seq_length=32)
     batch = {"input_ids": torch.randint(0, 300, (4, 32)), "attention_mask": torch.ones(4, 32, dtype=torch.long)}
-    flops = lm.training_flops(batch)
-    n = sum(p.numel() for p in lm.model.parameters() if p.ndim == 2) - 32 * 32  # matmul weights, not positions
-    assert 0.8 * 6 * n * 4 * 32 < flops < 2.0 * 6 * n * 4 * 32  # about 6N per token, plus attention
+    rows, s, h, ffn, vocab, layers = 4, 32, 32, 64, 300, 2  # tiny_config; the position table is a lookup
+    per_token = layers * (h * 3 * h + h * h + h * ffn + ffn * h) + h * vocab  # Q/K/V, output, FFN up and down; head
+    attention = layers * 2 * (2 * s * s * h)  # per row: q k^T and p v over every (query, key) pair of the square
+    forward = 2 * s * per_token + attention
+    # backward: two matmuls per forward one (the gradients of both operands: every input needs one, down to the
+    # embeddings, which train)
+    assert lm.training_flops(batch) == rows * 3 * forward == 23_101_440
 
 
 def test_bad_settings_are_clear_errors():

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import socket
 
+import pytest
 import torch
 
 from lit_lm.models.output import IGNORE_INDEX
@@ -110,6 +111,7 @@ def _rank(rank: int, port: int, queue) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ranks_sum_their_samples_before_squaring():
     """Under DDP each rank's estimate is the estimate of all ranks' rows together (the same on every rank)."""
     with socket.socket() as s:

@@ -89,3 +89,36 @@ def test_validation_masks_are_fixed_by_their_seed():
     assert not torch.equal(first[0], first[1])  # each batch its own mask (seeded by its index)
     other = validation_labels(module(val_mask_seed=99), seed=0)
     assert not any(torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("mask_rate", [0.05, 0.4])
+def test_the_mask_rate_reaches_the_masks_drawn_in_training(mask_rate):
+    """The module's own training path (a Trainer's training_step) chooses ``mask_rate`` of the real tokens. The
+    chosen count is binomial: n = 64 rows x 27 real tokens = 1728 trials at p = mask_rate, sd = sqrt(n p (1 - p)):
+    9.1 at p = 0.05 (mean 86), 20.4 at p = 0.4 (mean 691). The count must lie within 4 sd of n p; any other rate
+    lies outside (BERT's 0.15 gives 259 +- 15, 19 sd from the first and 21 sd from the second)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 60, (64, 32), generator=generator)
+    ids[:, 0] = 2  # [CLS]
+    ids[:, 28:] = 0  # padding
+    attention_mask = (ids != 0).long()
+    real = ~torch.isin(ids, torch.tensor([0, 1, 2, 3, 4]))
+    n = int(real.sum())
+    assert n == 64 * 27
+    lm = module(mask_rate=mask_rate)
+    drawn = []
+    lm.model.register_forward_pre_hook(lambda model, args, kwargs: drawn.append(kwargs["labels"].clone()),
+                                       with_kwargs=True)
+    torch.manual_seed(0)
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(
+        lm, DataLoader([{"input_ids": ids, "attention_mask": attention_mask}], batch_size=None))
+    assert len(drawn) == 1  # the one training step's masks
+    chosen = drawn[0] != -100
+    assert not (chosen & ~real).any()  # never [CLS] nor padding
+    assert torch.equal(drawn[0][chosen], ids[chosen])  # the labels are the original tokens
+    sd = (n * mask_rate * (1 - mask_rate)) ** 0.5
+    assert abs(int(chosen.sum()) - n * mask_rate) <= 4 * sd, (int(chosen.sum()), n * mask_rate, sd)

@@ -1,4 +1,5 @@
 import builtins
+import collections
 import math
 import statistics
 import sys
@@ -120,54 +121,84 @@ def test_muon_saves_and_loads_both_parts_state():
     resumed.load_state_dict(saved)
     assert resumed.muon.param_groups[0] is resumed.param_groups[0] and resumed.adamw.state is resumed.state
     momentum = resumed.state[resumed.muon.param_groups[0]["params"][0]]["momentum_buffer"]
-    torch.testing.assert_close(momentum, optimizer.state[optimizer.muon.param_groups[0]["params"][0]]["momentum_buffer"])
+    saved_momentum = optimizer.state[optimizer.muon.param_groups[0]["params"][0]]["momentum_buffer"]
+    torch.testing.assert_close(momentum, saved_momentum)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", TAKES)
-def test_every_optimizer_trains_the_quickstart(name, corpus, tmp_path, monkeypatch):
-    """A few steps through train.py, learning-rate schedule and gradient clipping included: the loss falls by a
-    margin that an optimizer that does not step (or steps at random) does not reach."""
+# The optimizer matrix: an all-pairs (pairwise) design in 20 fits through train.py, where the full product of its
+# factors is 40 (the 30 fits of before crossed the optimizer with the three precisions, on the masked LM alone):
+#   optimizer (10, TAKES);
+#   the gradients' path (2): unscaled (32-true or bf16-mixed, one path to an optimizer: fp32 gradients of fp32
+#     weights through Lightning's Precision.optimizer_step and Precision.clip_gradients, which MixedPrecision calls
+#     when it has no scaler), or fp16's loss scale (16-mixed: the scaler unscales the gradients before clipping and
+#     the step, and skips a step whose gradients overflowed);
+#   objective (2): masked LM (configs/quickstart.yaml) or causal LM (configs/quickstart-decoder.yaml).
+# Each optimizer has one fit on each path, on different objectives, so every pair of levels of any two factors
+# occurs: optimizer x path 20 of 20, optimizer x objective 20 of 20, path x objective 4 of 4; on the unscaled path
+# 32-true and bf16-mixed each take five optimizers and both objectives (test_the_optimizer_matrix_covers_every_pair).
+# An unscaled fit trains 16 steps and its loss must fall; a 16-mixed fit takes 4 steps, each finite, the weights
+# moved; both clip gradients and check from inside the fit that they computed in their precision
+# (tests/precision_probe.py: under 16-mixed, backward received the loss times the scale and the optimizer the
+# gradients divided by it).
+MASKED, CAUSAL = "quickstart.yaml", "quickstart-decoder.yaml"
+UNSCALED = [  # (optimizer, objective, precision)
+    ("adamw", MASKED, "32-true"), ("adafactor", CAUSAL, "bf16-mixed"), ("radam", MASKED, "bf16-mixed"),
+    ("nadam", CAUSAL, "32-true"), ("muon", MASKED, "32-true"), ("lamb", CAUSAL, "bf16-mixed"),
+    ("lion", MASKED, "bf16-mixed"), ("shampoo", CAUSAL, "32-true"), ("soap", MASKED, "32-true"),
+    ("sophia", CAUSAL, "bf16-mixed")]
+SCALED = [(name, CAUSAL if objective == MASKED else MASKED, "16-mixed") for name, objective, _ in UNSCALED]
+
+
+def test_the_optimizer_matrix_covers_every_pair():
+    fits = [(name, objective, "scaled" if precision == "16-mixed" else "unscaled", precision)
+            for name, objective, precision in UNSCALED + SCALED]
+    assert len(set(fits)) == len(fits) == 20 and [name for name, *_ in UNSCALED] == list(TAKES)
+    for a, b in [(0, 1), (0, 2), (1, 2), (1, 3)]:  # optimizer, objective, path; objective x precision
+        levels_a, levels_b = {fit[a] for fit in fits}, {fit[b] for fit in fits}
+        assert {(fit[a], fit[b]) for fit in fits} == {(x, y) for x in levels_a for y in levels_b}, (a, b)
+    assert collections.Counter(precision for _, _, precision in UNSCALED) == {"32-true": 5, "bf16-mixed": 5}
+
+
+def train(name: str, objective: str, precision: str, steps: int, corpus, tmp_path, monkeypatch):
+    """``steps`` optimizer steps of ``objective``'s recipe, shrunk, through train.py with gradient clipping and the
+    precision probe inside the fit; the CLI and the run's training losses."""
     if name in FROM_PYTORCH_OPTIMIZER:
         pytest.importorskip("pytorch_optimizer")
-    from lit_lm.cli import main
-    from tests.conftest import ROOT
-    from tests.test_recipes import TINY, train_losses
+    from tests.precision_probe import PrecisionProbe
+    from tests.test_recipes import fit, train_losses
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
-                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", str(STEPS),
-                "--trainer.precision", "32-true", "--trainer.gradient_clip_val", "1.0",
-                "--trainer.limit_val_batches", "0", "--trainer.logger", "lit_lm.loggers.CSVLogger",
-                "--model.init_args.optimizer.name", name, "--model.init_args.optimizer.lr", str(LR[name])])
-    assert cli.trainer.global_step == STEPS
-    losses = [loss for _, loss in train_losses(next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).parent)]
+    # quickstart-decoder sets Adam's betas; an optimizer without betas (adafactor) takes the default instead
+    betas = [] if "betas" in TAKES[name] else ["--model.init_args.optimizer.betas", "[0.9,0.98]"]
+    probe = PrecisionProbe()
+    cli = fit(objective, corpus, precision, steps, "--trainer.gradient_clip_val", "1.0",
+              "--trainer.limit_val_batches", "0", "--trainer.logger", "lit_lm.loggers.CSVLogger",
+              "--model.init_args.optimizer.name", name, "--model.init_args.optimizer.lr", str(LR[name]), *betas,
+              callbacks=[probe])
+    assert cli.trainer.global_step == steps
+    probe.check(cli.trainer, precision)
+    run = tmp_path / "runs" / objective.removesuffix(".yaml")
+    return cli, [loss for _, loss in train_losses(next(run.rglob("metrics.csv")).parent)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, objective, precision", UNSCALED)
+def test_every_optimizer_trains_the_quickstart(name, objective, precision, corpus, tmp_path, monkeypatch):
+    """16 steps through train.py, learning-rate schedule and gradient clipping included: the loss falls by a margin
+    that an optimizer that does not step (or steps at random) does not reach."""
+    _, losses = train(name, objective, precision, STEPS, corpus, tmp_path, monkeypatch)
     first, last = statistics.mean(losses[:3]), statistics.mean(losses[-3:])
     assert last < first - 0.3, losses
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-@pytest.mark.parametrize("name", TAKES)
-def test_every_optimizer_steps_with_clipping_under_mixed_precision(name, precision, corpus, tmp_path, monkeypatch):
-    """The README's and docs/training.md's table: four steps through train.py with gradient clipping under each mixed
-    precision (16-mixed: fp16 with the gradient scaler), every step taken, every loss finite, the weights moved."""
-    if name in FROM_PYTORCH_OPTIMIZER:
-        pytest.importorskip("pytorch_optimizer")
-    from lit_lm.cli import main
-    from tests.conftest import ROOT
-    from tests.test_recipes import TINY, train_losses
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
-                "--data.init_args.paths", f"[{corpus}]", "--trainer.max_steps", "4",
-                "--trainer.precision", precision, "--trainer.gradient_clip_val", "1.0",
-                "--trainer.limit_val_batches", "0", "--trainer.logger", "lit_lm.loggers.CSVLogger",
-                "--model.init_args.optimizer.name", name, "--model.init_args.optimizer.lr", str(LR[name])])
-    assert cli.trainer.global_step == 4 and cli.trainer.precision == precision
-    losses = [loss for _, loss in train_losses(next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).parent)]
+@pytest.mark.parametrize("name, objective, precision", SCALED)
+def test_every_optimizer_steps_with_clipping_under_the_fp16_scaler(name, objective, precision, corpus, tmp_path,
+                                                                   monkeypatch):
+    """The README's and docs/training.md's table: four steps through train.py with gradient clipping under 16-mixed
+    (fp16 with the gradient scaler), every step taken, every loss finite, the weights moved."""
+    cli, losses = train(name, objective, precision, 4, corpus, tmp_path, monkeypatch)
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
     # at least one step was not skipped by fp16's scaler: the optimizer's state exists
     assert any(state for state in cli.trainer.optimizers[0].state.values())

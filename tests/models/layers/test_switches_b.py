@@ -303,6 +303,7 @@ CLI_SWITCHES = {
 
 
 @pytest.mark.parametrize("switches", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
+@pytest.mark.slow
 def test_quickstart_trains_with_the_switch_and_its_export_reloads_with_equal_logits(switches, corpus, tmp_path,
                                                                                      monkeypatch):
     trained = quickstart_with(switches, corpus, tmp_path, monkeypatch)

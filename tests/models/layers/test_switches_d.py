@@ -141,8 +141,34 @@ def test_bad_values_are_refused_with_the_setting_named(bad, message):
 
 
 def test_allowed_combinations_build():
-    tiny(num_layers=4, layer_widths=[16, 16, 32, 32], share_layers="attention", share_groups=2)  # a width per group
-    tiny(layer_widths=[32, 32], position_embedding="none", relative_positions="rotary")  # rotary at hidden_size
+    """Each allowed combination builds the model its config asks for: each block at its width (the feed-forward
+    scaled alike: intermediate_size * width // hidden_size), projections only where the width changes, the parts
+    shared within a group and nothing across groups, and logits over the vocabulary at every position."""
+    ids = torch.randint(5, 50, (2, 9))
+    # a width per group: blocks 0-1 (group 0) at 16, blocks 2-3 (group 1) at 32, attention shared within each group
+    model = encoder(num_layers=4, layer_widths=[16, 16, 32, 32], share_layers="attention", share_groups=2)
+    blocks = model.encoder.blocks
+    for block, width in zip(blocks, [16, 16, 32, 32]):
+        assert (block.attn.qkv.in_features, block.attn.qkv.out_features, block.attn.out.out_features) == \
+            (width, 3 * width, width)
+        assert (block.ffn.up.in_features, block.ffn.up.out_features, block.ffn.down.out_features) == \
+            (width, 2 * width, width)  # 64 * width // 32
+    assert blocks[1].attn is blocks[0].attn and blocks[3].attn is blocks[2].attn
+    assert blocks[2].attn is not blocks[0].attn
+    assert len({id(block.ffn) for block in blocks}) == 4  # only the attention is shared
+    projections = [(p.in_features, p.out_features) if isinstance(p, nn.Linear) else None
+                   for p in model.encoder.resize.projections]
+    assert projections == [(32, 16), None, (16, 32), None, None]  # into 16, 16 -> 16, into 32, 32 -> 32, back to 32
+    with torch.no_grad():
+        assert model(ids).logits.shape == (2, 9, 50)
+    # rotary at hidden_size: every block at 32, no projection, no learned position table
+    model = encoder(layer_widths=[32, 32], position_embedding="none", relative_positions="rotary")
+    assert [block.attn.qkv.in_features for block in model.encoder.blocks] == [32, 32]
+    assert all(isinstance(p, nn.Identity) for p in model.encoder.resize.projections)
+    assert type(model.encoder.relative_positions).__name__ == "RotaryEmbedding"
+    assert not any("position_embedding" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        assert model(ids).logits.shape == (2, 9, 50)
 
 
 # ---- the enhanced mask decoder ----
@@ -271,6 +297,7 @@ CLI_SWITCHES = {
 
 
 @pytest.mark.parametrize("switches, expected", CLI_SWITCHES.values(), ids=CLI_SWITCHES.keys())
+@pytest.mark.slow
 def test_quickstart_trains_with_the_switch_and_its_export_reloads_with_equal_logits(switches, expected, corpus,
                                                                                      tmp_path, monkeypatch):
     trained = quickstart_with(switches, corpus, tmp_path, monkeypatch)
