@@ -5,6 +5,7 @@ with the budget clock frozen, end-to-end runs marked ``slow``, and a missing pac
 import hashlib
 import os
 import random
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -346,6 +347,15 @@ def fake_cpu(monkeypatch, fast_bf16: bool) -> None:
     monkeypatch.setattr(lit_lm.precision, "_cuda_capability", lambda: None)
     monkeypatch.setattr(lit_lm.precision, "cpu_has_fast_bf16", lambda: fast_bf16)
     monkeypatch.setattr(lit_lm.precision, "bf16_speedup", lambda *shape: 2.4 if fast_bf16 else 0.2)
+
+
+def run_module(module: str, *args: str) -> int:
+    """``python -m module args`` in this process (runpy runs its ``__main__`` block as ``-m`` does, without a new
+    interpreter and its imports): the exit status."""
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_:
+        patch.setattr(sys, "argv", [module, *args])
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return exit_.value.code
 
 
 class InterruptAt(Callback):

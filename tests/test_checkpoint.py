@@ -2,10 +2,7 @@
 
 import os
 import random
-import runpy
-import sys
 from dataclasses import asdict
-from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import torch
 from lit_lm.checkpoint import Checkpoint, CheckpointError, load_causal_lm, load_model, write_atomically
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
-from tests.conftest import sentence
+from tests.conftest import run_module, sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 
@@ -98,14 +95,6 @@ def test_a_checkpoint_lacking_what_is_asked_says_what_to_pass(tmp_path, tokenize
     torch.save(damaged, tmp_path / "damaged.ckpt")
     with pytest.raises(CheckpointError, match="weights do not fit its own model config"):
         load_model(tmp_path / "damaged.ckpt")
-
-
-def run_module(module: str, *args: str) -> int:
-    """``python -m module args`` in this process (runpy runs its ``__main__`` block as ``-m`` does, without a new
-    interpreter and its imports): the exit status."""
-    with mock.patch.object(sys, "argv", [module, *args]), pytest.raises(SystemExit) as exit_:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    return exit_.value.code
 
 
 @pytest.mark.parametrize("command", [["lit_lm.generate", "--checkpoint"], ["lit_lm.evaluate", "perplexity",

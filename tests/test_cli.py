@@ -168,6 +168,7 @@ def test_an_interrupted_run_resumes_from_last_where_it_stopped(corpus, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("embedded-corpus")  # one worker: the store tests/data/test_prepare_cli.py builds, reused
 def test_quickstart_loss_falls_on_the_embedded_corpus(tmp_path):
     """The quickstart recipe as shipped (default corpus, schedule), with a smaller model and fewer steps."""
     cli = main(["fit", "--config", QUICKSTART, *QUIET,

@@ -323,3 +323,28 @@ def test_the_matrices_are_drawn_on_the_measured_device(monkeypatch):
     monkeypatch.setattr(torch, "randn", recording_randn)
     throughput.random_matrix(4, torch.device("cuda"), torch.float32)
     assert asked == [("generator", torch.device("cuda")), ("randn", torch.device("cuda"))]
+
+
+@pytest.mark.parametrize("seconds, expected", [(0.001, 1024), (0.25, 256)], ids=["fast", "exactly-the-target"])
+def test_the_size_doubles_while_a_multiply_takes_under_the_target(monkeypatch, seconds, expected):
+    """On a clock that reads 1000 s and more (as a real one does), a multiply of 0.001 s stays under the 0.25 s target
+    all the way to the largest size; one of exactly 0.25 s (exact in binary) is no longer under it."""
+    readings = iter(1000.0 + seconds * k for k in range(100))
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    assert throughput.matmul_size(torch.device("cpu"), torch.float32, 1024, target_seconds=0.25) == expected
+
+
+def test_a_step_is_reported_once_its_window_is_done(tmp_path):
+    """With a fixed accumulation of 2, the first micro-batch ends no optimizer step: nothing is reported for it, so
+    after one step the 2-step window holds one update and no rate is logged yet."""
+    perf = ThroughputMFU(window=2, peak_flops=PEAK)
+    trainer = quiet_trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, callbacks=[perf])
+    model = LinearOnTokens()
+    trainer.fit(model)
+    assert len(model.seen) == 2 and perf.tokens_seen == sum(s["tokens"] for s in model.seen)
+    assert "perf/samples_per_sec" not in trainer.callback_metrics
+
+
+def test_a_validation_end_without_a_fit_is_harmless():
+    """trainer.validate() alone: no training started, so nothing was paused and nothing is added."""
+    ThroughputMFU().on_validation_end(SimpleNamespace(), None)

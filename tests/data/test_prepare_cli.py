@@ -67,6 +67,8 @@ def test_prepare_builds_a_decoder_recipe_store_without_a_run_folder(corpus, tmp_
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.slow  # builds the embedded corpus's whole store (seconds)
+@pytest.mark.xdist_group("embedded-corpus")  # one worker: tests/test_cli.py's quickstart run reuses this store
 def test_prepare_on_the_default_corpus_needs_no_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     card = prepare(["--config", QUICKSTART, "--data.init_args.tokenizer.vocab_size", "2048",

@@ -13,14 +13,14 @@ import torch
 import yaml
 
 import lit_lm.cli
-import lit_lm.modules
 import lit_lm.glue.suite as suite
+import lit_lm.modules
 from lit_lm.data.classification import ClassificationDataModule
 from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.glue import SuiteError, run_suite
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 from lit_lm.runs import find_last_checkpoint
-from tests.conftest import ROOT, InterruptAt, sentence
+from tests.conftest import ROOT, InterruptAt, run_module, sentence
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 from tests.test_checkpoint import save_run_checkpoint
@@ -128,7 +128,7 @@ def test_train_py_fine_tunes_a_task_recipe_and_a_second_run_gets_its_own_folder(
 def test_the_suite_writes_a_table_resumes_and_refuses_other_settings(tmp_path, checkpoint, monkeypatch):
     tasks = [str(write_task(tmp_path / "single", "bright")), str(write_task(tmp_path / "pair", "pairs", pair=True))]
     out = tmp_path / "out"
-    results = run_suite([f"tiny={checkpoint}"], tasks, out, SMALL, scratch=True)
+    run_suite([f"tiny={checkpoint}"], tasks, out, SMALL, scratch=True)
     table = (out / "results.md").read_text()
     assert "| task | metric | tiny | tiny (random init) |" in table
     assert "| bright | accuracy |" in table and "| pairs | F1/accuracy |" in table and "| **average** |" in table
@@ -172,28 +172,35 @@ def test_an_interrupted_suite_runs_only_what_is_missing(tmp_path, checkpoint, mo
     assert ran == ["first", "second"] and set(results.done["tiny-bert"]) == {"first", "second"}
 
 
-def test_python_m_lit_lm_glue_runs_the_suite_and_prints_the_table(tmp_path, checkpoint):
+def test_python_m_lit_lm_glue_runs_the_suite_and_prints_the_table(tmp_path, checkpoint, capsys):
     task = write_task(tmp_path / "task", "bright")
     command = [sys.executable, "-m", "lit_lm.glue", "--checkpoint", str(checkpoint), "--tasks", str(task),
                "--out", str(tmp_path / "out"), "--", *SMALL]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| bright | accuracy |" in done.stdout and (tmp_path / "out" / "results.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "lit_lm.glue", "--checkpoint", str(checkpoint), "--tasks", "nope",
-                          "--out", str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "no recipe for 'nope'" in bad.stderr and "sst2" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    capsys.readouterr()
+    assert run_module("lit_lm.glue", "--checkpoint", str(checkpoint), "--tasks", "nope", "--out",
+                      str(tmp_path / "out2")) == 2  # refused before anything runs: no new interpreter needed
+    err = capsys.readouterr().err
+    assert "no recipe for 'nope'" in err and "sst2" in err and "Traceback" not in err
 
 
-def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, checkpoint):
+def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, checkpoint, capsys, monkeypatch):
+    from lit_lm.cli import run
+
     recipe = write_task(tmp_path / "task", "bright")
-    base = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(recipe), *QUIET]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
     cases = {"model.init_args.init_from: ": ["--model.init_args.init_from", str(tmp_path / "nothing")],
              "data.label_column": ["--model.init_args.init_from", str(checkpoint), "--data.label_column", "gold"]}
-    for message, args in cases.items():
-        done = subprocess.run([*base, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and "Traceback" not in done.stderr
-        assert done.stderr.strip().splitlines()[-1].startswith("error: ") and message in done.stderr
+    for message, args in cases.items():  # train.py's own run(), in this process: both are refused before training
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run(["fit", "--config", str(recipe), *QUIET, *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("error: ") and message in err
 
 
 def test_a_task_interrupted_mid_training_continues_from_its_last_checkpoint(tmp_path, checkpoint, monkeypatch):
