@@ -154,6 +154,10 @@ def test_it_probes_every_n_steps_once_per_step_and_at_the_end():
         every_step.on_train_batch_end(SimpleNamespace(global_step=step), "module", None, None, 0)
     every_step.on_train_end(SimpleNamespace(global_step=0), "module")  # nothing trained: nothing to show
     assert calls == [(1, "module"), (2, "module")]
+    one_step = AttentionDiagnostics(every_n_steps=10)
+    calls = recording_probe(one_step)
+    one_step.on_train_end(SimpleNamespace(global_step=1), "module")  # a run of one step ends with a probe
+    assert calls == [(1, "module")]
     default = AttentionDiagnostics()
     calls = recording_probe(default)
     for step in (499, 500, 999, 1000):
@@ -271,7 +275,7 @@ def test_heatmaps_go_to_each_run_folder_once_as_one_png_of_all_layers(monkeypatc
     assert sorted(p.name for p in (run / "attention").iterdir()) == ["step_4.png", "step_6.png"]
     assert len(plot.calls) == 2  # once per step, not once per logger
     drawn, tokens, layers, title = plot.calls[0]
-    assert torch.equal(drawn, maps) and layers == [0, 2] and title == "step 4"
+    assert torch.equal(drawn, maps) and layers == [0, 2] and title == "step 4" and tokens == ["[CLS]", "a", "[SEP]"]
     from PIL import Image
 
     with Image.open(run / "attention" / "step_4.png") as png:

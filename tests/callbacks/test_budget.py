@@ -5,7 +5,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_lm.callbacks import BatchSizeRamp, OneCycleLR
 from lit_lm.callbacks.progress import budget_timer, training_progress
-from tests.callbacks.helpers import FakeClock, LinearOnTokens, Ticking, quiet_trainer
+from tests.callbacks.helpers import FakeClock, Ticking, quiet_trainer
 
 
 def test_the_budget_ends_training_on_time(tmp_path, monkeypatch):

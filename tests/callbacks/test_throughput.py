@@ -113,7 +113,6 @@ def test_the_peak_is_measured_on_smaller_matrices_where_one_multiply_is_slow(mon
 
 
 def test_measuring_the_peak_leaves_the_global_random_state_alone():
-    import lit_lm.callbacks.throughput as throughput
 
     torch.manual_seed(0)
     before = torch.random.get_rng_state()

@@ -278,3 +278,9 @@ def test_dedup_settings_at_their_bounds_are_allowed(settings):
 def test_dedup_settings_out_of_range_are_refused_naming_the_setting(settings, message):
     with pytest.raises(ValueError, match=message):
         DedupConfig(**settings)
+
+
+def test_duplicate_chars_add_up_over_chunks(tmp_path):
+    docs = ["The same text, again.", "the same text again", "The same text again!"]
+    kept, stats = dedup(docs, tmp_path, chunk_size=1, near=False)
+    assert [i for i, _ in kept] == [0] and stats.duplicate_chars == len(docs[1]) + len(docs[2])

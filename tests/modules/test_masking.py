@@ -86,6 +86,20 @@ def test_the_draws_are_made_on_the_inputs_device():
     assert inputs.device.type == labels.device.type == "meta" and inputs.shape == labels.shape == ids.shape
 
 
+def test_the_replacement_ids_are_drawn_on_the_inputs_device(monkeypatch):
+    """The replacement draw too: CUDA may index with CPU indices, so its device is checked where torch is asked."""
+    asked, randint = [], torch.randint
+    ids = torch.randint(5, VOCAB, (2, 8))
+
+    def recording_randint(high, size, device=None, generator=None):
+        asked.append(torch.device(device) if device is not None else None)
+        return randint(high, size, generator=generator)
+
+    monkeypatch.setattr(torch, "randint", recording_randint)
+    run(ids)
+    assert asked == [ids.device]
+
+
 # ---- TokenMasking: the settings an objective checks once, and its special and replacement ids ----
 def config(**overrides) -> TransformerConfig:
     return TransformerConfig(**{**dict(vocab_size=VOCAB, hidden_size=8, num_layers=1, num_heads=2,
