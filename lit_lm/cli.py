@@ -31,26 +31,13 @@ from lit_lm.callbacks.nonfinite import NonFiniteLossError
 from lit_lm.checkpoint import CheckpointError
 from lit_lm.data.sources import CorpusError
 from lit_lm.data.tokenizer import TokenizerError
-from lit_lm.loggers import (
-    RunDashboard,
-    before_wandb_starts,
-    finish_wandb_run,
-    is_wandb,
-    place_in_run_folder,
-    stored_wandb_run_id,
-)
+from lit_lm.loggers import (RunDashboard, before_wandb_starts, finish_wandb_run, is_wandb, place_in_run_folder,
+                            stored_wandb_run_id)
 from lit_lm.precision import AUTO, auto_precision, precision_plugin, setting_name
 from lit_lm.pretrained import PretrainedSourceError
 from lit_lm.recipe_bases import CONFIG_HELP, RecipeError, RecipeParser
-from lit_lm.runs import (
-    DISK_FULL,
-    DiskFullError,
-    ResumeError,
-    check_resume,
-    disk_space_for,
-    find_last_checkpoint,
-    read_checkpoint,
-)
+from lit_lm.runs import (DISK_FULL, DiskFullError, ResumeError, check_resume, disk_space_for, find_last_checkpoint,
+                         read_checkpoint)
 
 PACKAGE = Path(__file__).resolve().parent
 

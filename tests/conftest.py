@@ -349,6 +349,24 @@ def fake_cpu(monkeypatch, fast_bf16: bool) -> None:
     monkeypatch.setattr(lit_lm.precision, "bf16_speedup", lambda *shape: 2.4 if fast_bf16 else 0.2)
 
 
+def user_runs(args: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
+    """``python train.py ARGS`` in ``cwd``, in this process (``train.py``'s own ``run``: a user's mistake is one
+    ``error:`` line and exit status 2): (exit status, stdout, stderr). A new interpreter costs seconds of imports;
+    only a test of what a user's terminal shows needs one."""
+    from lit_lm.cli import run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", ["train.py"])
+        try:
+            run(args)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_module(module: str, *args: str) -> int:
     """``python -m module args`` in this process (runpy runs its ``__main__`` block as ``-m`` does, without a new
     interpreter and its imports): the exit status."""

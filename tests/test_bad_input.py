@@ -30,7 +30,7 @@ import torch
 from lit_lm.cli import run
 from lit_lm.data.store import TokenStore
 from lit_lm.runs import find_last_checkpoint
-from tests.conftest import ROOT, tiny_tokenizer, write_corpus
+from tests.conftest import user_runs, ROOT, tiny_tokenizer, write_corpus
 from tests.test_recipes import TINY
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -54,21 +54,6 @@ class Shared:
     @property
     def checkpoint(self) -> Path:
         return next((self.run / "runs").rglob("last.ckpt"))
-
-
-def user_runs(args: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
-    """``python train.py ARGS`` in ``cwd``, in this process: (exit status, stdout, stderr)."""
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        os.chdir(here)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

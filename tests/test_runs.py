@@ -2,7 +2,6 @@
 from scratch in a folder of its own; ``--ckpt_path last`` resumes only a run with the same model and data; the
 config a run saves reproduces it alone."""
 
-import contextlib
 import csv
 import hashlib
 import logging
@@ -11,14 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 import yaml
 
 from lit_lm.runs import differences, find_last_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, user_runs
 
 TINY = ["--model.init_args.config.hidden_size", "32", "--model.init_args.config.num_layers", "1",
         "--model.init_args.config.num_heads", "2", "--model.init_args.config.intermediate_size", "64",
@@ -44,18 +42,10 @@ def train(cwd: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def train_here(cwd: Path, corpus: Path, capsys, *extra: str) -> tuple[int, str]:
-    """The same run as ``train``, in this process (``train.py``'s own ``run``): its exit status and stderr. A new
-    interpreter costs seconds of imports; only a test of what a user's terminal shows needs one."""
-    from lit_lm.cli import run
-
-    with contextlib.chdir(cwd), mock.patch.object(sys, "argv", ["train.py"]):
-        try:
-            run(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "--data.init_args.paths",
-                 f"[{corpus}]", STEPS_SCHEDULE, *extra])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
+    """The same run as ``train``, in this process: its exit status and stderr."""
+    code, _, err = user_runs(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY,
+                              "--data.init_args.paths", f"[{corpus}]", STEPS_SCHEDULE, *extra], cwd, capsys)
+    return code, err
 
 
 def losses(cwd: Path, version: int) -> list[float]:
@@ -176,10 +166,8 @@ def test_the_saved_config_reproduces_the_run_alone(corpus, tmp_path, capsys):
 
     # the saved config alone trains the same run: the same program on the same data from the same seed, on this
     # machine, in float32: bitwise the same (CPU kernels are deterministic at a given thread count)
-    from lit_lm.cli import run
-
-    with contextlib.chdir(alone.parent), mock.patch.object(sys, "argv", ["train.py"]):
-        run(["fit", "--config", "config.yaml"])
+    code, _, err = user_runs(["fit", "--config", "config.yaml"], alone.parent, capsys)
+    assert code == 0, err[-3000:]
     first, second = checkpoint(tmp_path, 0), checkpoint(alone.parent, 0)
     assert second["global_step"] == first["global_step"] == 1
     assert list(second["state_dict"]) == list(first["state_dict"])

@@ -15,8 +15,8 @@ import json
 import sys
 from unittest import mock
 
-from lit_lm.cli import exit_on_user_error, run
 from lit_lm.cli import main as cli_main
+from lit_lm.cli import exit_on_user_error, run
 from lit_lm.data.remote import RemoteStoreError, upload_store
 
 USAGE = ("usage: python -m lit_lm.data prepare --config <recipe.yaml> [--data.* overrides]\n"

@@ -14,15 +14,8 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from lit_lm.data.cache import default_cache_dir
-from lit_lm.data.recipe import (
-    CleaningConfig,
-    CorpusError,
-    DedupConfig,
-    DocumentSplit,
-    Recipe,
-    SourceConfig,
-    TokenizerConfig,
-)
+from lit_lm.data.recipe import (CleaningConfig, CorpusError, DedupConfig, DocumentSplit, Recipe, SourceConfig,
+                                TokenizerConfig)
 from lit_lm.data.remote import check_storage_options, fetch_store
 from lit_lm.data.store import TokenStore
 from lit_lm.data.streaming import ExactlyOnceSampler, ResumableDataLoader, StoreBatches, StoreRows

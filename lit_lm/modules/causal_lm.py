@@ -12,13 +12,8 @@ from lit_lm.data.tokenizer import TokenizerError
 from lit_lm.models import IGNORE_INDEX, DecoderForCausalLM, TransformerConfig
 from lit_lm.modules.curvature import SampledLoss, sampled_cross_entropy
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import (
-    PretrainingModule,
-    check_seq_length,
-    from_saved,
-    split_next_token_labels,
-    split_rows,
-)
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, from_saved, split_next_token_labels,
+                                        split_rows)
 
 # GPT-2 small's architecture (Radford et al. 2019): pre-LN with a final norm, tanh GELU, no head transform.
 GPT2_SMALL = TransformerConfig(

@@ -10,7 +10,8 @@ from lit_lm.models import EncoderForMaskedLM, TransformerConfig
 from lit_lm.models.layers.token_dropping import TokenImportance
 from lit_lm.modules.masking import IGNORE_INDEX, TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, check_seq_length, forked_random_state, from_saved, split_batch
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, forked_random_state, from_saved,
+                                        split_batch)
 
 
 class MaskedLMModule(PretrainingModule):

@@ -11,7 +11,8 @@ from lit_lm.models.replaced_token import EmbeddingSharing, GeneratorShape, Repla
 from lit_lm.modules.curvature import SampledLoss, sampled_binary_cross_entropy, sampled_cross_entropy
 from lit_lm.modules.masking import TokenMasking
 from lit_lm.modules.optim import OptimizerConfig
-from lit_lm.modules.pretraining import PretrainingModule, check_seq_length, forked_random_state, from_saved, split_batch
+from lit_lm.modules.pretraining import (PretrainingModule, check_seq_length, forked_random_state, from_saved,
+                                        split_batch)
 
 
 class ReplacedTokenDetectionModule(PretrainingModule):

@@ -20,7 +20,7 @@ from lit_lm.data.tokenizer import TokenizerConfig, train_tokenizer
 from lit_lm.glue import SuiteError, run_suite
 from lit_lm.models import DecoderForCausalLM, EncoderForMaskedLM
 from lit_lm.runs import find_last_checkpoint
-from tests.conftest import ROOT, InterruptAt, run_module, sentence
+from tests.conftest import ROOT, InterruptAt, run_module, sentence, user_runs
 from tests.models.helpers import tiny
 from tests.models.test_decoder import GPT2
 from tests.test_checkpoint import save_run_checkpoint
@@ -186,20 +186,13 @@ def test_python_m_lit_lm_glue_runs_the_suite_and_prints_the_table(tmp_path, chec
     assert "no recipe for 'nope'" in err and "sst2" in err and "Traceback" not in err
 
 
-def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, checkpoint, capsys, monkeypatch):
-    from lit_lm.cli import run
-
+def test_a_bad_init_from_or_column_is_one_line_and_exit_status_2(tmp_path, checkpoint, capsys):
     recipe = write_task(tmp_path / "task", "bright")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["train.py"])
     cases = {"model.init_args.init_from: ": ["--model.init_args.init_from", str(tmp_path / "nothing")],
              "data.label_column": ["--model.init_args.init_from", str(checkpoint), "--data.label_column", "gold"]}
     for message, args in cases.items():  # train.py's own run(), in this process: both are refused before training
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            run(["fit", "--config", str(recipe), *QUIET, *args])
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2 and "Traceback" not in err
+        code, _, err = user_runs(["fit", "--config", str(recipe), *QUIET, *args], tmp_path, capsys)
+        assert code == 2 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith("error: ") and message in err
 
 

@@ -13,10 +13,7 @@ import importlib
 import pkgutil
 
 from lit_lm.models.layers.positions.base import (
-    POSITION_SCHEMES,
-    PositionScheme,
-    position_scheme,
-    register_position_scheme,
+    POSITION_SCHEMES, PositionScheme, position_scheme, register_position_scheme,
 )
 
 for _module in pkgutil.iter_modules(__path__):
